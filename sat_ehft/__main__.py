@@ -1,0 +1,3 @@
+from sat_ehft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""SAT RoBERTa/BERT backbones (post-LN, LM head removed) and where they load from.
+
+`load_backbone(spec)` takes a SAT checkpoint folder, a Hugging Face checkpoint folder (converted once
+and cached as a SAT folder) or a model name (the Hugging Face hub; `sat:NAME` for SAT's model zoo).
+Importing this module registers RobertaBackbone and BertBackbone with SAT's model registry, which
+SAT's `AutoModel.from_pretrained` needs to rebuild a converted folder.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sat.model.base_model import BaseMixin, replacable
+from sat.model.official.bert_model import BertModel
+from sat.model.official.roberta_model import RobertaModel
+
+from sat_ehft.convert import cached_conversion
+from sat_ehft.folders import folder_kind, resolve_folder, tokenizer_folder
+
+
+class HiddenStatesOutput(BaseMixin):
+    """Makes the backbone return its final hidden states instead of SAT's tied LM logits."""
+
+    @replacable
+    def final_forward(self, logits, **kw_args):
+        return logits
+
+
+class _Backbone:
+    """What RoBERTa and BERT backbones share: no LM head, hidden states out, SAT's mask layout."""
+
+    uses_token_types = False
+
+    def __init__(self, args, transformer=None, **kwargs):
+        super().__init__(args, transformer=transformer, **kwargs)
+        self.del_mixin("bert-final")  # SAT names the LM head 'bert-final' for RoBERTa too
+        self.add_mixin("hidden-states", HiddenStatesOutput())
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        """[batch, seq] ids and 0/1 mask -> [batch, seq, hidden] final-layer features."""
+        dtype = next(self.parameters()).dtype
+        sat_mask = attention_mask[:, None, None, :].to(dtype)  # SAT: [b, 1, 1, s] float, 1 = keep
+        extra = {}
+        if self.uses_token_types:
+            extra["token_type_ids"] = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        return self(input_ids, self.position_ids(attention_mask), sat_mask, **extra)[0]
+
+
+class BertBackbone(_Backbone, BertModel):
+    uses_token_types = True
+
+    def position_ids(self, attention_mask):
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        return positions.expand_as(attention_mask)
+
+
+class RobertaBackbone(_Backbone, RobertaModel):
+    def __init__(self, args, transformer=None, **kwargs):
+        super().__init__(args, transformer=transformer, **kwargs)
+        self.padding_idx = args.padding_idx
+
+    def position_ids(self, attention_mask):
+        # RoBERTa counts positions from padding_idx + 1 and gives padding the padding index.
+        mask = attention_mask.long()
+        return torch.cumsum(mask, dim=1) * mask + self.padding_idx
+
+    @classmethod
+    def add_model_specific_args(cls, parser):
+        group = parser.add_argument_group("RoBERTa backbone")
+        group.add_argument("--padding-idx", type=int, default=1, help="RoBERTa's padding token id")
+        return super().add_model_specific_args(parser)
+
+
+# model_class in model_config.json -> our class; SAT's own classes load with their LM head dropped.
+SAT_CLASSES = {"RobertaBackbone": RobertaBackbone, "RobertaModel": RobertaBackbone,
+               "BertBackbone": BertBackbone, "BertModel": BertBackbone}
+DROPPED_PREFIXES = ("mixins.bert-final.",)
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    folder: Path  # the SAT checkpoint folder it was loaded from
+    config: dict  # its model_config.json
+
+    def load_tokenizer(self):
+        from sat_ehft.tokenizer import load_tokenizer
+
+        return load_tokenizer(tokenizer_folder(self.folder), self.config["vocab_size"])
+
+
+def read_sat_config(folder):
+    path = Path(folder) / "model_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("model_class") not in SAT_CLASSES:
+        raise ValueError(f"{path}: model_class {config.get('model_class')!r} is not a supported backbone; "
+                         f"expected one of {sorted(SAT_CLASSES)}")
+    if config.get("model_parallel_size", 1) != 1:
+        raise ValueError(f"{path}: model-parallel checkpoints are not supported; merge them first")
+    return config
+
+
+def sat_weights_file(folder):
+    folder = Path(folder)
+    tracker = folder / "latest"
+    if not tracker.is_file():
+        raise FileNotFoundError(f"{tracker}: missing; a SAT checkpoint folder names its iteration there")
+    tag = tracker.read_text().strip()
+    path = folder / tag / "mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (named by {tracker})")
+    return path
+
+
+def build_backbone(config):
+    """A randomly initialised backbone of the architecture described by a model_config.json dict."""
+    cls = SAT_CLASSES[config["model_class"]]
+    args = cls.get_args(**{k: v for k, v in config.items() if k != "model_class"})
+    return cls(args)
+
+
+def load_sat_folder(folder):
+    folder = Path(folder)
+    config = read_sat_config(folder)
+    weights = sat_weights_file(folder)
+    state = torch.load(weights, map_location="cpu", weights_only=True)["module"]
+    state = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+    model = build_backbone(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not fit {config['model_class']}: "
+                         f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    return Backbone(model=model, folder=folder, config=config)
+
+
+def load_backbone(spec, cache_dir=None):
+    """Load a backbone from a SAT folder, an HF folder (converted and cached) or a model name."""
+    folder = resolve_folder(spec)
+    if folder_kind(folder) == "hf":
+        folder = cached_conversion(folder, cache_dir)
+    return load_sat_folder(folder)

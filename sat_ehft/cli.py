@@ -1,0 +1,84 @@
+"""`sat-ehft` (also `python -m sat_ehft`): one subcommand per job."""
+
+import argparse
+import sys
+from collections import Counter
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99, 100)
+
+
+def cmd_convert(args):
+    from sat_ehft.convert import convert_hf_folder
+
+    out = convert_hf_folder(args.hf_dir, args.out_dir)
+    print(f"wrote SAT checkpoint folder {out}")
+
+
+def split_report(task, split, examples, tokenizer, max_length):
+    """Lines describing one split: size, label distribution, and token lengths given a tokenizer."""
+    lines = [f"{split}: {len(examples)} examples"]
+    if task.is_regression:
+        labels = np.array([e.label for e in examples])
+        lines.append(f"  label: mean {labels.mean():.3f}, std {labels.std():.3f}, "
+                     f"min {labels.min():.3f}, max {labels.max():.3f}")
+    else:
+        counts = Counter(e.label for e in examples)
+        for index, name in enumerate(task.labels):
+            lines.append(f"  label {name}: {counts[index]} ({counts[index] / len(examples):.1%})")
+    if tokenizer is not None:
+        from sat_ehft.tasks import encode_examples
+
+        features = encode_examples(task, examples, tokenizer, max_length)
+        lengths = np.array([n for f in features for n in task.lengths(f)])
+        shown = ", ".join(f"p{p} {np.percentile(lengths, p):.0f}" for p in PERCENTILES[:-1])
+        lines.append(f"  tokens: {shown}, max {lengths.max()}; "
+                     f"{(lengths >= max_length).sum()} sequences cut at {max_length}")
+    return lines
+
+
+def cmd_data(args):
+    from sat_ehft.tasks import get_task
+
+    task = get_task(args.task)
+    tokenizer = None
+    if args.model:
+        from sat_ehft.folders import load_model_tokenizer
+
+        tokenizer = load_model_tokenizer(args.model)
+    print(f"task {task.name} ({task.benchmark}/{task.folder}), metrics: {', '.join(task.metrics)}")
+    for split in ("train", "dev"):
+        examples = task.read_hub(split) if args.hub else task.read(args.data_dir, split)
+        print("\n".join(split_report(task, split, examples, tokenizer, args.max_length)))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="convert a Hugging Face RoBERTa/BERT folder to a SAT folder")
+    convert.add_argument("hf_dir", help="Hugging Face checkpoint folder (config.json + weights)")
+    convert.add_argument("out_dir", help="new SAT checkpoint folder to write (must not exist)")
+    convert.set_defaults(func=cmd_convert)
+
+    data = commands.add_parser("data", help="split sizes, label distribution and token lengths of a task")
+    data.add_argument("--task", required=True, help="task name, e.g. rte, boolq, sts-b")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="folder holding superglue/<TASK>/... and glue/<TASK>/...")
+    source.add_argument("--hub", action="store_true", help="read the task from the Hugging Face hub")
+    data.add_argument("--model", help="model folder or name whose tokenizer measures token lengths")
+    data.add_argument("--max-length", type=int, default=512, help="truncation length for the token counts")
+    data.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"sat-ehft {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0

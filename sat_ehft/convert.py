@@ -1,0 +1,172 @@
+"""Hugging Face RoBERTa/BERT checkpoint folder -> SAT checkpoint folder.
+
+SAT's post-LN layer applies its LayerNorms one position later than HF's: HF's embedding LayerNorm is
+SAT layer 0's input LayerNorm, HF layer i's output LayerNorm is SAT layer i+1's input LayerNorm, and
+the last one is SAT's final LayerNorm. SAT fuses Q, K and V into one `query_key_value`.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from sat_ehft.atomic import atomic_dir
+
+SUPPORTED_TYPES = ("roberta", "bert")
+# Parts of HF checkpoints that a backbone does not use: pooler, LM heads, classifiers, buffers.
+IGNORED_PREFIXES = ("pooler.", "lm_head.", "cls.", "classifier.")
+IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt")
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def read_hf_config(folder):
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    kind = config.get("model_type")
+    if kind not in SUPPORTED_TYPES:
+        raise ValueError(f"{path}: model_type '{kind}' is not supported; expected one of {SUPPORTED_TYPES}")
+    for key, expected in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
+        if config.get(key, expected) != expected:
+            raise ValueError(f"{path}: {key}={config[key]!r} is not supported; expected {expected!r}")
+    return config
+
+
+def hf_weights_file(folder):
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin "
+                            "(sharded checkpoints are not supported; merge the shards first)")
+
+
+def read_hf_state_dict(folder):
+    path = hf_weights_file(folder)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def sat_model_config(hf_config):
+    """model_config.json for SAT (and for SAT's AutoModel, which rebuilds `model_class`)."""
+    kind = hf_config["model_type"]
+    config = {
+        "model_class": "RobertaBackbone" if kind == "roberta" else "BertBackbone",
+        "num_layers": hf_config["num_hidden_layers"],
+        "hidden_size": hf_config["hidden_size"],
+        "num_attention_heads": hf_config["num_attention_heads"],
+        "vocab_size": hf_config["vocab_size"],
+        "max_sequence_length": hf_config["max_position_embeddings"],
+        "inner_hidden_size": hf_config["intermediate_size"],
+        "layernorm_order": "post",
+        "layernorm_epsilon": hf_config["layer_norm_eps"],
+        "hidden_dropout": hf_config["hidden_dropout_prob"],
+        "attention_dropout": hf_config["attention_probs_dropout_prob"],
+        "model_parallel_size": 1,
+    }
+    if kind == "roberta":
+        config["padding_idx"] = hf_config.get("pad_token_id", 1)
+    else:
+        config["num_types"] = hf_config["type_vocab_size"]
+    return config
+
+
+class _KeyPool:
+    """The HF state dict, handed out key by key, so that nothing is silently dropped."""
+
+    def __init__(self, state_dict, kind, source):
+        self.source = source
+        self.tensors = {}
+        for key, value in state_dict.items():
+            key = key.removeprefix(f"{kind}.").replace("LayerNorm.gamma", "LayerNorm.weight")
+            self.tensors[key.replace("LayerNorm.beta", "LayerNorm.bias")] = value
+
+    def pop(self, key):
+        if key not in self.tensors:
+            raise KeyError(f"{self.source}: missing tensor '{key}'")
+        return self.tensors.pop(key)
+
+    def check_consumed(self):
+        unused = [k for k in self.tensors if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)]
+        if unused:
+            raise ValueError(f"{self.source}: tensors not understood by the converter: {sorted(unused)}")
+
+
+def sat_state_dict(hf_config, hf_state_dict, source="checkpoint"):
+    kind = hf_config["model_type"]
+    src = _KeyPool(hf_state_dict, kind, source)
+    out = {"transformer.word_embeddings.weight": src.pop("embeddings.word_embeddings.weight")}
+    positions = src.pop("embeddings.position_embeddings.weight")
+    token_types = src.pop("embeddings.token_type_embeddings.weight")
+    if kind == "roberta":
+        # SAT's RoBERTa has no token-type embedding; HF adds row 0 to every token, and every token
+        # also gets exactly one position row, so folding it into the positions is exact.
+        positions = positions + token_types[0]
+    else:
+        out["mixins.bert-type.type_embeddings.weight"] = token_types
+    out["transformer.position_embeddings.weight"] = positions
+    for p in ("weight", "bias"):
+        norm_in = f"embeddings.LayerNorm.{p}"
+        for i in range(hf_config["num_hidden_layers"]):
+            hf, sat = f"encoder.layer.{i}.", f"transformer.layers.{i}."
+            out[sat + f"input_layernorm.{p}"] = src.pop(norm_in)
+            out[sat + f"attention.query_key_value.{p}"] = torch.cat(
+                [src.pop(hf + f"attention.self.{name}.{p}") for name in ("query", "key", "value")])
+            out[sat + f"attention.dense.{p}"] = src.pop(hf + f"attention.output.dense.{p}")
+            out[sat + f"post_attention_layernorm.{p}"] = src.pop(hf + f"attention.output.LayerNorm.{p}")
+            out[sat + f"mlp.dense_h_to_4h.{p}"] = src.pop(hf + f"intermediate.dense.{p}")
+            out[sat + f"mlp.dense_4h_to_h.{p}"] = src.pop(hf + f"output.dense.{p}")
+            norm_in = hf + f"output.LayerNorm.{p}"
+        out[f"transformer.final_layernorm.{p}"] = src.pop(norm_in)
+    src.check_consumed()
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def write_sat_checkpoint(folder, model_config, state_dict, iteration=1):
+    """Write SAT's layout (model_config.json, latest, <iter>/mp_rank_00_model_states.pt) into `folder`."""
+    folder = Path(folder)
+    (folder / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
+    (folder / str(iteration)).mkdir(parents=True, exist_ok=True)
+    torch.save({"module": state_dict}, folder / str(iteration) / "mp_rank_00_model_states.pt")
+    (folder / "latest").write_text(str(iteration), encoding="utf-8")
+
+
+def convert_hf_folder(hf_dir, out_dir):
+    """Convert `hf_dir` into a new SAT checkpoint folder `out_dir`, tokenizer files included."""
+    hf_config = read_hf_config(hf_dir)
+    state_dict = sat_state_dict(hf_config, read_hf_state_dict(hf_dir), source=str(hf_weights_file(hf_dir)))
+    with atomic_dir(out_dir) as tmp:
+        write_sat_checkpoint(tmp, sat_model_config(hf_config), state_dict)
+        tokenizer_files = [Path(hf_dir) / n for n in TOKENIZER_FILES if (Path(hf_dir) / n).is_file()]
+        if tokenizer_files:
+            (tmp / TOKENIZER_SUBDIR).mkdir()
+            for path in tokenizer_files:
+                shutil.copy2(path, tmp / TOKENIZER_SUBDIR / path.name)
+    return Path(out_dir)
+
+
+def cache_root():
+    return Path(os.environ.get("SAT_EHFT_CACHE", Path.home() / ".cache" / "sat_ehft"))
+
+
+def cached_conversion(hf_dir, root=None):
+    """The SAT folder converted from `hf_dir`, converting once and reusing it while the source is unchanged."""
+    hf_dir = Path(hf_dir).resolve()
+    weights = hf_weights_file(hf_dir)
+    stat = weights.stat()
+    fingerprint = f"{hf_dir}|{(hf_dir / 'config.json').read_bytes()!r}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    target = Path(root or cache_root()) / f"{hf_dir.name}-{key}"
+    if not target.exists():
+        try:
+            convert_hf_folder(hf_dir, target)
+        except OSError:
+            if not target.exists():  # another process may have finished the same conversion first
+                raise
+    return target

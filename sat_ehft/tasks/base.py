@@ -1,0 +1,209 @@
+"""What every task shares: reading the official files, label parsing, encoding, error messages.
+
+A task is a `Task` (or subclass) instance registered in `sat_ehft.tasks`. It knows its files, its
+inputs and its metric, and nothing about methods or training.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sat_ehft.tokenizer import check_unk_rate
+
+SPLITS = ("train", "dev")
+HUB_SPLITS = {"train": "train", "dev": "validation"}
+UNK_CHECK_CHUNK = 256  # examples per UNK-rate check: one encoding "batch"
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file (and line) and what was expected."""
+
+
+@dataclass(frozen=True)
+class Example:
+    fields: dict  # the task's input fields, named as in SuperGLUE/GLUE
+    label: object  # class index (int) or regression target (float)
+    source: str  # "file:line", for messages about this example
+
+
+def read_jsonl(path):
+    """Yield (line number, object) for each line of an official SuperGLUE jsonl file."""
+    lines = _read_lines(path)
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: malformed JSON ({err.msg}); expected one JSON object a line") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
+        yield number, record
+
+
+def read_tsv(path, columns, header):
+    """Yield (line number, {field: text}) from an official GLUE tsv file.
+
+    `columns` maps our field names to header names (when `header`) or to column indices (headerless,
+    as CoLA). Fields are split on tabs only: GLUE text holds quotes that csv quoting would eat.
+    """
+    lines = _read_lines(path)
+    start = 1
+    if header:
+        names = lines[0].split("\t")
+        absent = [c for c in columns.values() if c not in names]
+        if absent:
+            raise DataError(f"{path}:1: header lacks column(s) {absent}; found {names}")
+        index = {field: names.index(name) for field, name in columns.items()}
+        width, lines, start = len(names), lines[1:], 2
+        if not lines:
+            raise DataError(f"{path}: has a header but no rows")
+    else:
+        index, width = dict(columns), max(columns.values()) + 1
+    for number, line in enumerate(lines, start=start):
+        cells = line.split("\t")
+        if len(cells) != width:
+            raise DataError(f"{path}:{number}: expected {width} tab-separated fields, found {len(cells)}")
+        yield number, {field: cells[i] for field, i in index.items()}
+
+
+def _read_lines(path):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing")
+    # utf-8-sig: the official MRPC files start with a byte-order mark.
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: empty file")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise DataError(f"{path}:{number}: empty line")
+    return lines
+
+
+class Task:
+    """A sentence or sentence-pair task: one sequence per example, classified or regressed.
+
+    Subclasses change `encode` (COPA: two sequences; WiC: word spans), `check_record` and
+    `extra_fields`.
+    """
+
+    def __init__(self, name, *, benchmark, folder, text_fields, labels, metrics, hub,
+                 truncation="longest_first", tsv_columns=None, tsv_header=True, label_range=None):
+        self.name = name
+        self.benchmark = benchmark  # "superglue" (jsonl) or "glue" (tsv)
+        self.folder = folder  # e.g. "RTE": files live in DATA_DIR/<benchmark>/<folder>/
+        self.text_fields = text_fields  # the one or two fields that make the model's input
+        self.labels = labels  # official label strings in class-index order; None = regression
+        self.metrics = metrics  # metric names; the first one selects the best epoch
+        self.hub = hub  # datasets.load_dataset arguments, e.g. ("super_glue", "rte")
+        self.truncation = truncation  # tokenizer truncation strategy for too-long pairs
+        self.tsv_columns = tsv_columns  # GLUE: field -> header name (or column index)
+        self.tsv_header = tsv_header
+        self.label_range = label_range  # regression: the (low, high) a target must lie in
+
+    @property
+    def is_regression(self):
+        return self.labels is None
+
+    @property
+    def num_classes(self):
+        return 1 if self.is_regression else len(self.labels)
+
+    extra_fields = ()  # fields a subclass needs beyond the text ones
+
+    @property
+    def required_fields(self):
+        return (*self.text_fields, *self.extra_fields)
+
+    def file(self, data_dir, split):
+        if split not in SPLITS:
+            raise DataError(f"task {self.name} has no split '{split}'; known: {', '.join(SPLITS)}")
+        suffix = "jsonl" if self.benchmark == "superglue" else "tsv"
+        name = {"train": "train", "dev": "val" if self.benchmark == "superglue" else "dev"}[split]
+        return Path(data_dir) / self.benchmark / self.folder / f"{name}.{suffix}"
+
+    def read(self, data_dir, split):
+        """The examples of `split` from the official files under `data_dir`."""
+        path = self.file(data_dir, split)
+        if not path.is_file():
+            raise DataError(f"{path}: missing; expected the official {self.folder} {split} file "
+                            f"laid out as DATA_DIR/{self.benchmark}/{self.folder}/{path.name}")
+        if self.benchmark == "superglue":
+            records = read_jsonl(path)
+        else:
+            records = read_tsv(path, self.tsv_columns, self.tsv_header)
+        return [self.example(record, f"{path}:{number}") for number, record in records]
+
+    def read_hub(self, split):
+        """The examples of `split` from the Hugging Face hub (online only)."""
+        from sat_ehft.hub import require_hub
+
+        if split not in SPLITS:
+            raise DataError(f"task {self.name} has no split '{split}'; known: {', '.join(SPLITS)}")
+        require_hub(f"dataset {'/'.join(self.hub)}", "Pass --data-dir with the official files instead.")
+        import datasets
+
+        rows = datasets.load_dataset(*self.hub, split=HUB_SPLITS[split])
+        examples = []
+        for number, row in enumerate(rows, start=1):
+            # The hub stores class indices in the same order as self.labels.
+            label = row["label"] if self.is_regression else self.labels[row["label"]]
+            examples.append(self.example({**row, "label": label}, f"hub {'/'.join(self.hub)}[{split}]#{number}"))
+        return examples
+
+    def example(self, record, source):
+        for field in (*self.required_fields, "label"):
+            if field not in record or record[field] is None:
+                raise DataError(f"{source}: missing field '{field}'")
+        self.check_record(record, source)
+        return Example(fields={f: record[f] for f in self.required_fields},
+                       label=self.parse_label(record["label"], source), source=source)
+
+    def check_record(self, record, source):
+        for field in self.text_fields:
+            if not isinstance(record[field], str):
+                raise DataError(f"{source}: field '{field}' should be text, found {record[field]!r}")
+
+    def parse_label(self, raw, source):
+        if self.is_regression:
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise DataError(f"{source}: label {raw!r} is not a number") from None
+            low, high = self.label_range or (float("-inf"), float("inf"))
+            if not low <= value <= high:
+                raise DataError(f"{source}: label {raw!r} is outside the range [{low}, {high}]")
+            return value
+        text = raw if isinstance(raw, str) else json.dumps(raw)  # JSON true/1 -> "true"/"1"
+        if text not in self.labels:
+            raise DataError(f"{source}: unknown label {raw!r}; expected one of {list(self.labels)}")
+        return self.labels.index(text)
+
+    def encode(self, example, tokenizer, max_length):
+        """Token ids for the model: {'input_ids', 'token_type_ids', 'label'} (lists of ints)."""
+        texts = [example.fields[f] for f in self.text_fields]
+        encoding = tokenizer(*texts, truncation=self.truncation, max_length=max_length)
+        return {**ids_and_types(encoding), "label": example.label}
+
+    def lengths(self, feature):
+        """Token counts of one encoded example (several for multiple-choice tasks)."""
+        return [len(feature["input_ids"])]
+
+
+def ids_and_types(encoding):
+    """{'input_ids', 'token_type_ids'} of one tokenizer encoding (RoBERTa's has no token types)."""
+    ids = encoding["input_ids"]
+    return {"input_ids": ids, "token_type_ids": encoding.get("token_type_ids") or [0] * len(ids)}
+
+
+def encode_examples(task, examples, tokenizer, max_length):
+    """Encode `examples`, checking the UNK rate chunk by chunk so that a wrong vocabulary fails loudly."""
+    features = [task.encode(example, tokenizer, max_length) for example in examples]
+    for start in range(0, len(features), UNK_CHECK_CHUNK):
+        chunk = features[start:start + UNK_CHECK_CHUNK]
+        ids = [seq for f in chunk for seq in _sequences(f["input_ids"])]
+        check_unk_rate(ids, tokenizer.unk_token_id, f"{task.name}, examples from {examples[start].source}")
+    return features
+
+
+def _sequences(input_ids):
+    return input_ids if input_ids and isinstance(input_ids[0], list) else [input_ids]

