@@ -1,0 +1,55 @@
+"""The paper's classification head: a 2-layer MLP (in -> 2048 -> outputs, ReLU) on pooled features.
+
+It replaces the backbone's final_forward, so it sees the final hidden states and pools them first
+(SAT's own MLPHeadMixin runs the MLP over every token):
+- 'cls': the first token;
+- 'spans' (WiC): [CLS, span1, span2, |span1 - span2|, span1 * span2], spans mean-pooled;
+and with `choices` > 1 (COPA) each sequence gets one score and rows are regrouped per example.
+"""
+
+import warnings
+
+import torch
+from sat.model.base_model import BaseMixin
+
+HEAD_NAME = "head"
+POOLINGS = ("cls", "spans")
+
+
+class ClassificationHead(BaseMixin):
+    def __init__(self, hidden_size, num_outputs, pooling="cls", choices=1, inner_size=2048, init_std=0.005):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        self.pooling, self.choices = pooling, choices
+        in_size = hidden_size * (5 if pooling == "spans" else 1)
+        self.dense = torch.nn.Linear(in_size, inner_size)
+        self.out = torch.nn.Linear(inner_size, num_outputs)
+        for layer in (self.dense, self.out):  # as the original code: weights N(0, 0.005), default biases
+            torch.nn.init.normal_(layer.weight, std=init_std)
+
+    def pool(self, hidden, spans=None):
+        cls = hidden[:, 0]
+        if self.pooling == "cls":
+            return cls
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        inside = (positions >= spans[..., :1]) & (positions < spans[..., 1:])  # [b, 2, s]
+        inside = inside.to(hidden.dtype)
+        first, second = (inside @ hidden / inside.sum(-1, keepdim=True)).unbind(1)
+        return torch.cat([cls, first, second, (first - second).abs(), first * second], dim=-1)
+
+    def hidden_features(self, hidden, spans=None):
+        """The head's 2048-d hidden layer (what the paper's Figure 4 plots)."""
+        return torch.relu(self.dense(self.pool(hidden, spans)))
+
+    def final_forward(self, logits, **kw_args):
+        scores = self.out(self.hidden_features(logits, kw_args.get("spans")))
+        return scores.view(-1, self.choices) if self.choices > 1 else scores
+
+
+def add_head(model, head):
+    """Attach `head` as the model's final_forward (it replaces the backbone's hidden-states output)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hook final_forward")
+        model.add_mixin(HEAD_NAME, head)
+    return model

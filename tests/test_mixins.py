@@ -1,0 +1,136 @@
+"""The head and PET mixins against independent references (PEFT; attention recomputed by hand)."""
+
+import math
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_hf_model
+
+from sat_ehft.backbone import load_backbone
+from sat_ehft.mixins import ClassificationHead, LoRAMixin, PrefixTuningMixin, add_head, bias_names, restore, snapshot
+
+PEFT_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+              "dense": "attention.output.dense"}
+
+
+def sat_copy(tmp_path, hf):
+    hf.save_pretrained(tmp_path / "hf")
+    return load_backbone(tmp_path / "hf").model.eval()
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+@pytest.mark.parametrize("targets", [("query", "value"), ("query", "key", "value", "dense")])
+def test_lora_matches_peft(tmp_path, kind, targets):
+    from peft import LoraConfig, get_peft_model
+
+    hf = tiny_hf_model(kind, hidden=32, layers=2, heads=4)
+    sat = sat_copy(tmp_path, hf)
+    pattern = r".*\.(" + "|".join(PEFT_NAMES[t].replace(".", r"\.") for t in targets) + ")"
+    peft_model = get_peft_model(hf, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=pattern)).eval()
+    lora = LoRAMixin(num_layers=2, hidden_size=32, r=4, alpha=8, targets=targets)
+    generator = torch.Generator().manual_seed(3)
+    modules = dict(peft_model.named_modules())
+    with torch.no_grad():
+        for layer in range(2):
+            for target in targets:
+                peft_layer = modules[f"base_model.model.encoder.layer.{layer}.{PEFT_NAMES[target]}"]
+                for part in ("A", "B"):
+                    value = torch.randn(lora.layers[layer][f"{target}_{part}"].shape, generator=generator) * 0.3
+                    lora.layers[layer][f"{target}_{part}"].copy_(value)
+                    getattr(peft_layer, f"lora_{part}")["default"].weight.copy_(value)
+    sat.add_mixin("lora", lora)
+    ids, mask = padded_batch(120, [11, 7, 3], pad_id=hf.config.pad_token_id)
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = sat.hidden_states(ids, mask)
+    assert (got - expected)[mask.bool()].abs().max() < 1e-5
+    with torch.no_grad(), peft_model.disable_adapter():
+        unadapted = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (got - unadapted)[mask.bool()].abs().max() > 1e-2  # the adapter really changes the output
+    sat.del_mixin("lora")
+    with torch.no_grad():
+        assert (sat.hidden_states(ids, mask) - unadapted)[mask.bool()].abs().max() < 1e-5
+
+
+def reference_prefix_forward(hf, ids, mask, prefix):
+    """The HF model's weights, attention recomputed layer by layer with prefix keys/values prepended."""
+    embeddings = hf.embeddings(input_ids=ids)
+    heads, size = hf.config.num_attention_heads, hf.config.hidden_size // hf.config.num_attention_heads
+    batch, length = ids.shape
+    visible = torch.cat([torch.ones(batch, prefix[0].shape[2]), mask.float()], dim=1)
+    bias = (1.0 - visible)[:, None, None, :] * torch.finfo(torch.float32).min
+    hidden = embeddings
+    for layer, (prefix_k, prefix_v) in zip(hf.encoder.layer, prefix):
+        attention = layer.attention
+
+        def split(x):
+            return x.view(batch, length, heads, size).transpose(1, 2)
+
+        q = split(attention.self.query(hidden))
+        k = torch.cat([prefix_k.expand(batch, -1, -1, -1), split(attention.self.key(hidden))], dim=2)
+        v = torch.cat([prefix_v.expand(batch, -1, -1, -1), split(attention.self.value(hidden))], dim=2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(size) + bias
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, heads * size)
+        attended = attention.output.LayerNorm(attention.output.dense(context) + hidden)
+        hidden = layer.output.LayerNorm(layer.output.dense(layer.intermediate(attended)) + attended)
+    return hidden
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_prefix_tuning_matches_hand_computed_attention(tmp_path, kind):
+    hf = tiny_hf_model(kind, hidden=32, layers=2, heads=4)
+    sat = sat_copy(tmp_path, hf)
+    prefix = PrefixTuningMixin(num_layers=2, num_heads=4, head_size=8, prefix_len=5, init_std=0.5)
+    sat.add_mixin("prefix", prefix)
+    ids, mask = padded_batch(120, [13, 6], pad_id=hf.config.pad_token_id, seed=2)
+    with torch.no_grad():
+        expected = reference_prefix_forward(hf, ids, mask, [p for p in prefix.prefix])
+        got = sat.hidden_states(ids, mask)
+        without = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (got - expected)[mask.bool()].abs().max() < 1e-5
+    assert (got - without)[mask.bool()].abs().max() > 1e-2
+
+
+def test_head_pooling_and_shapes():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16)
+    cls_head = ClassificationHead(16, 3)
+    assert cls_head.dense.weight.shape == (2048, 16) and cls_head.out.weight.shape == (3, 2048)
+    assert 0.004 < cls_head.dense.weight.std() < 0.006
+    expected = cls_head.out(torch.relu(cls_head.dense(hidden[:, 0])))
+    assert torch.allclose(cls_head.final_forward(hidden), expected)
+
+    spans = torch.tensor([[[1, 3], [4, 5]], [[2, 3], [3, 7]], [[1, 2], [5, 6]]])
+    span_head = ClassificationHead(16, 1, pooling="spans")
+    pooled = span_head.pool(hidden, spans)
+    row = 1
+    first, second = hidden[row, 2:3].mean(0), hidden[row, 3:7].mean(0)
+    assert torch.allclose(pooled[row], torch.cat([hidden[row, 0], first, second, (first - second).abs(), first * second]))
+
+    copa_head = ClassificationHead(16, 1, choices=2)
+    scores = copa_head.final_forward(hidden[:2].repeat(2, 1, 1))  # 2 examples x 2 choices, rows grouped
+    assert scores.shape == (2, 2)
+
+
+def test_head_replaces_hidden_states_output(tmp_path):
+    sat = sat_copy(tmp_path, tiny_hf_model("bert"))
+    ids, mask = padded_batch(120, [9, 4], pad_id=0)
+    with torch.no_grad():
+        hidden = sat.hidden_states(ids, mask)
+        add_head(sat, ClassificationHead(32, 2))
+        assert torch.allclose(sat.hidden_states(ids, mask), sat.get_mixin("head").final_forward(hidden), atol=1e-6)
+
+
+def test_bitfit_selects_biases_and_restores_them_exactly(tmp_path):
+    sat = sat_copy(tmp_path, tiny_hf_model("roberta"))
+    add_head(sat, ClassificationHead(32, 2))
+    names = bias_names(sat)
+    expected = {n for n, _ in sat.named_parameters() if n.endswith("bias") and not n.startswith("mixins.")}
+    assert set(names) == expected and len(names) == 2 * 6 + 1  # 2 layers x (2 LayerNorms + 4 Linears), final LN
+    saved = snapshot(sat, names)
+    with torch.no_grad():
+        for name, parameter in sat.named_parameters():
+            parameter.add_(1.0)
+    restore(sat, saved)
+    params = dict(sat.named_parameters())
+    assert all(torch.equal(params[n], saved[n]) for n in names)
