@@ -37,14 +37,14 @@ class _Backbone:
         self.del_mixin("bert-final")  # SAT names the LM head 'bert-final' for RoBERTa too
         self.add_mixin("hidden-states", HiddenStatesOutput())
 
-    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
-        """[batch, seq] ids and 0/1 mask -> [batch, seq, hidden] final-layer features."""
+    def encode(self, input_ids, attention_mask, token_type_ids=None, **kw_args):
+        """Run on [batch, seq] ids and 0/1 mask: the [batch, seq, hidden] final-layer features, or the
+        head's scores once a head is attached (`kw_args`, e.g. WiC's spans, reach the head)."""
         dtype = next(self.parameters()).dtype
         sat_mask = attention_mask[:, None, None, :].to(dtype)  # SAT: [b, 1, 1, s] float, 1 = keep
-        extra = {}
         if self.uses_token_types:
-            extra["token_type_ids"] = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        return self(input_ids, self.position_ids(attention_mask), sat_mask, **extra)[0]
+            kw_args["token_type_ids"] = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        return self(input_ids, self.position_ids(attention_mask), sat_mask, **kw_args)[0]
 
 
 class BertBackbone(_Backbone, BertModel):

@@ -29,7 +29,7 @@ def test_roberta_matches_hf_on_padded_batches(tmp_path, shape, type_vocab):
     ids, mask = padded_batch(120, [17, 9, 4, 17], pad_id=hf.config.pad_token_id)
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = sat.hidden_states(ids, mask)
+        got = sat.encode(ids, mask)
     assert isinstance(sat, RobertaBackbone)
     assert (got - expected)[mask.bool()].abs().max() < 1e-5
 
@@ -41,8 +41,8 @@ def test_bert_matches_hf_with_token_types(tmp_path, shape):
     types = (torch.arange(ids.shape[1]) >= 6).long().expand_as(ids) * mask
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
-        got = sat.hidden_states(ids, mask, types)
-        without_types = sat.hidden_states(ids, mask)
+        got = sat.encode(ids, mask, types)
+        without_types = sat.encode(ids, mask)
     assert isinstance(sat, BertBackbone)
     assert (got - expected)[mask.bool()].abs().max() < 1e-5
     assert (without_types - expected)[mask.bool()].abs().max() > 1e-3  # the token types are really used
@@ -62,7 +62,7 @@ def test_minilm_matches_hf(minilm_dir, minilm_tokenizer, shared_data):
     sat = load_backbone(minilm_dir).model.eval()
     with torch.no_grad():
         expected = hf(**batch).last_hidden_state
-        got = sat.hidden_states(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        got = sat.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     assert (got - expected)[batch["attention_mask"].bool()].abs().max() < 1e-4
 
 
@@ -78,7 +78,7 @@ def test_sat_automodel_loads_converted_folder(tmp_path):
     theirs.eval()
     ids, mask = padded_batch(120, [10, 6], pad_id=1)
     with torch.no_grad():
-        assert torch.equal(theirs.hidden_states(ids, mask), ours.hidden_states(ids, mask))
+        assert torch.equal(theirs.encode(ids, mask), ours.encode(ids, mask))
 
 
 def test_sat_native_checkpoint_loads_without_lm_head(tmp_path):

@@ -62,7 +62,7 @@ def test_convert_writes_a_folder_sat_automodel_loads(tmp_path, capsys):
     mask = torch.ones_like(ids)
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-        assert (model.hidden_states(ids, mask) - expected).abs().max() < 1e-5
+        assert (model.encode(ids, mask) - expected).abs().max() < 1e-5
     assert args.layernorm_order == "post" and args.num_types == 2
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "sat")]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -42,14 +42,14 @@ def test_lora_matches_peft(tmp_path, kind, targets):
     ids, mask = padded_batch(120, [11, 7, 3], pad_id=hf.config.pad_token_id)
     with torch.no_grad():
         expected = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = sat.hidden_states(ids, mask)
+        got = sat.encode(ids, mask)
     assert (got - expected)[mask.bool()].abs().max() < 1e-5
     with torch.no_grad(), peft_model.disable_adapter():
         unadapted = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (got - unadapted)[mask.bool()].abs().max() > 1e-2  # the adapter really changes the output
     sat.del_mixin("lora")
     with torch.no_grad():
-        assert (sat.hidden_states(ids, mask) - unadapted)[mask.bool()].abs().max() < 1e-5
+        assert (sat.encode(ids, mask) - unadapted)[mask.bool()].abs().max() < 1e-5
 
 
 def reference_prefix_forward(hf, ids, mask, prefix):
@@ -85,7 +85,7 @@ def test_prefix_tuning_matches_hand_computed_attention(tmp_path, kind):
     ids, mask = padded_batch(120, [13, 6], pad_id=hf.config.pad_token_id, seed=2)
     with torch.no_grad():
         expected = reference_prefix_forward(hf, ids, mask, [p for p in prefix.prefix])
-        got = sat.hidden_states(ids, mask)
+        got = sat.encode(ids, mask)
         without = hf(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (got - expected)[mask.bool()].abs().max() < 1e-5
     assert (got - without)[mask.bool()].abs().max() > 1e-2
@@ -116,9 +116,9 @@ def test_head_replaces_hidden_states_output(tmp_path):
     sat = sat_copy(tmp_path, tiny_hf_model("bert"))
     ids, mask = padded_batch(120, [9, 4], pad_id=0)
     with torch.no_grad():
-        hidden = sat.hidden_states(ids, mask)
+        hidden = sat.encode(ids, mask)
         add_head(sat, ClassificationHead(32, 2))
-        assert torch.allclose(sat.hidden_states(ids, mask), sat.get_mixin("head").final_forward(hidden), atol=1e-6)
+        assert torch.allclose(sat.encode(ids, mask), sat.get_mixin("head").final_forward(hidden), atol=1e-6)
 
 
 def test_bitfit_selects_biases_and_restores_them_exactly(tmp_path):

@@ -47,9 +47,15 @@ class ClassificationHead(BaseMixin):
         return scores.view(-1, self.choices) if self.choices > 1 else scores
 
 
+def add_mixin(model, name, mixin):
+    """model.add_mixin, without SAT's warning (repeated at every later add_mixin) that the head's
+    final_forward replaces the backbone's hidden-states output: that replacement is the design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hook final_forward at head replaces")
+        model.add_mixin(name, mixin)
+    return model
+
+
 def add_head(model, head):
     """Attach `head` as the model's final_forward (it replaces the backbone's hidden-states output)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hook final_forward")
-        model.add_mixin(HEAD_NAME, head)
-    return model
+    return add_mixin(model, HEAD_NAME, head)

@@ -108,7 +108,23 @@ class Task:
     def num_classes(self):
         return 1 if self.is_regression else len(self.labels)
 
+    @property
+    def objective(self):
+        """How scores become a loss and predictions (see sat_ehft.objective)."""
+        if self.is_regression:
+            return "regression"
+        if self.choices > 1:
+            return "choice"
+        return "binary" if self.num_classes == 2 else "multiclass"
+
+    @property
+    def head_outputs(self):
+        """Scores per sequence: one for regression, binary (a single logit, as the original code) and choices."""
+        return self.num_classes if self.objective == "multiclass" else 1
+
     extra_fields = ()  # fields a subclass needs beyond the text ones
+    pooling = "cls"  # what the head reads: the first token, or (WiC) the target-word spans
+    choices = 1  # sequences scored against each other per example (COPA: 2)
 
     @property
     def required_fields(self):

@@ -14,6 +14,7 @@ def join_choice(premise, question, choice):
 
 class CopaTask(Task):
     extra_fields = ("question",)
+    choices = 2
 
     def check_record(self, record, source):
         super().check_record(record, source)

@@ -8,6 +8,7 @@ OFFSETS = (("start1", "end1"), ("start2", "end2"))
 
 class WicTask(Task):
     extra_fields = ("start1", "end1", "start2", "end2")
+    pooling = "spans"
 
     def check_record(self, record, source):
         super().check_record(record, source)

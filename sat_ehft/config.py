@@ -1,0 +1,120 @@
+"""The run configuration: one typed, frozen dataclass, a docstring line per field.
+
+Values come from the defaults here, then configs/<task>.yaml (or --config FILE), then `--set key=value`.
+Unknown keys and ill-typed values fail with the file (or option) and key named.
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+STAGE1_MODES = ("share-of-total", "stage2-fixed")
+
+
+@dataclass(frozen=True)
+class Config:
+    epochs: int = 10
+    """Epochs of plain finetuning; two-stage methods split this same total between their stages."""
+    batch_size: int = 32
+    """Global batch size (micro-batch x gradient accumulation x data-parallel ranks)."""
+    micro_batch_size: int = 32
+    """Examples per forward pass on one rank; gradient accumulation makes up the global batch."""
+    lr: float = 1e-5
+    """Peak learning rate of full finetuning (and of Stage 2)."""
+    stage1_lr: dict = field(default_factory=lambda: {"bitfit": 5e-4, "lora": 5e-4, "prefix": 5e-3, "lp": 1e-3})
+    """Peak learning rate of a parameter-efficient stage, by what it trains (original code: LP 1e-3)."""
+    stage1_share: float = 0.1
+    """Stage 1's share of the epochs (paper: 10%)."""
+    stage1_mode: str = "share-of-total"
+    """'share-of-total': Stage 1 + Stage 2 = epochs; 'stage2-fixed': Stage 2 keeps 90% of epochs whatever Stage 1 gets."""
+    warmup: float = 0.1
+    """Share of each stage's steps spent warming the learning rate up linearly; then linear decay to 0."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (paper 0.1; the original code used 0.01)."""
+    adam_betas: tuple = (0.9, 0.98)
+    """AdamW betas."""
+    adam_eps: float = 1e-6
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Gradient-norm clipping threshold, 0 for none (the original code used 0.1)."""
+    max_length: int = 512
+    """Tokens per sequence after truncation; batches are padded to their own longest sequence."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' or 'fp16' (the paper trained in fp16)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0 to 2."""
+    lora_r: int = 8
+    """LoRA rank (paper text: 32; the original code and Table 4's headline row: 8)."""
+    lora_alpha: float = 16.0
+    """LoRA alpha; the update is scaled by alpha / r."""
+    lora_targets: tuple = ("query", "key", "value", "dense")
+    """Attention projections LoRA adapts (the original code: Q, K, V and O)."""
+    prefix_len: int = 17
+    """Prefix-tuning prefixes per layer (paper text: 16; the original code: 17)."""
+    top_k: int = 3
+    """Top-K layer tuning: how many of the last layers train."""
+    eval_batch_size: int = 64
+    """Examples per forward pass when evaluating."""
+
+    def __post_init__(self):
+        checks = [
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
+            (0 < self.stage1_share < 1, "stage1_share must lie strictly between 0 and 1"),
+            (self.zero_stage in (0, 1, 2), "zero_stage must be 0, 1 or 2"),
+            (self.batch_size % self.micro_batch_size == 0, "batch_size must be a multiple of micro_batch_size"),
+            (0 <= self.warmup < 1, "warmup must lie in [0, 1)"),
+            (min(self.epochs, self.lr, self.max_length, self.lora_r, self.prefix_len) > 0,
+             "epochs, lr, max_length, lora_r and prefix_len must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid config: {message}")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(key, value, where):
+    """Check (and gently convert) `value` against the declared type of `key`."""
+    if key not in FIELDS:
+        raise ValueError(f"{where}: unknown config key '{key}'; known keys: {', '.join(sorted(FIELDS))}")
+    kind = FIELDS[key].type
+    kind = typing.get_origin(kind) or kind
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
+        except ValueError:
+            pass
+    if kind is tuple and isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{where}: config key '{key}' expects {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_overrides(pairs):
+    """['lr=3e-5', 'lora_targets=[query,value]'] -> {'lr': 3e-05, 'lora_targets': ['query', 'value']}."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(text)
+    return overrides
+
+
+def load_config(path=None, overrides=None):
+    """Defaults, then the YAML file at `path`, then `overrides` ({key: value}); validated once."""
+    values = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        values.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})
+    values.update({k: _coerce(k, v, f"--set {k}") for k, v in (overrides or {}).items()})
+    return Config(**values)

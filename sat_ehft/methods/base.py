@@ -1,0 +1,95 @@
+"""A method is a plan of stages; a stage says which PET mixins exist, what trains and at which LR.
+
+Methods know nothing about tasks; the pipeline runs their stages in order and carries what a stage
+names in `carries` from the previous one (EH-FT: the head; EH-FT-reserve: the head and the PET part).
+"""
+
+from dataclasses import dataclass
+
+from sat_ehft.mixins import LoRAMixin, PrefixTuningMixin, add_mixin, bias_names
+
+PAPER_STAGE1_SHARE = 0.1  # Stage 2 keeps 90% of the epochs in 'stage2-fixed' mode
+POLICIES = ("all", "head", "bias", "lora", "prefix", "topk")
+
+
+def make_lora(config, model_config):
+    return LoRAMixin(model_config["num_layers"], model_config["hidden_size"], config.lora_r, config.lora_alpha,
+                     config.lora_targets)
+
+
+def make_prefix(config, model_config):
+    heads = model_config["num_attention_heads"]
+    return PrefixTuningMixin(model_config["num_layers"], heads, model_config["hidden_size"] // heads, config.prefix_len)
+
+
+PET_MIXINS = {"lora": make_lora, "prefix": make_prefix}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # "train" for one-stage methods; "stage1" / "stage2"
+    trains: str  # parameter policy, one of POLICIES (the head always trains)
+    lr: str = "ft"  # "ft": config.lr; otherwise a key of config.stage1_lr
+    mixins: tuple = ()  # PET mixins present in this stage, keys of PET_MIXINS
+    carries: tuple = ()  # what this stage takes over from the previous one: "head", "bias", "lora", "prefix"
+
+    def __post_init__(self):
+        if self.trains not in POLICIES:
+            raise ValueError(f"stage {self.name}: unknown parameter policy '{self.trains}'; known: {POLICIES}")
+        unknown = set(self.mixins) - set(PET_MIXINS)
+        if unknown:
+            raise ValueError(f"stage {self.name}: unknown PET mixin(s) {sorted(unknown)}; known: {sorted(PET_MIXINS)}")
+
+    def peak_lr(self, config):
+        return config.lr if self.lr == "ft" else config.stage1_lr[self.lr]
+
+    def add_mixins(self, model, model_config, config):
+        for name in self.mixins:
+            add_mixin(model, name, PET_MIXINS[name](config, model_config))
+
+    def trainable_names(self, model, config):
+        """Exactly the parameters this stage trains."""
+        names = [n for n, _ in model.named_parameters()]
+        head = {n for n in names if n.startswith("mixins.head.")}
+        if self.trains == "all":
+            return set(names)
+        if self.trains == "bias":
+            return head | set(bias_names(model))
+        if self.trains in PET_MIXINS:
+            return head | {n for n in names if n.startswith(f"mixins.{self.trains}.")}
+        if self.trains == "topk":
+            return head | top_layer_names(names, len(model.transformer.layers), config.top_k)
+        return head
+
+    def freeze_others(self, model, config):
+        trainable = self.trainable_names(model, config)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trainable)
+        return trainable
+
+
+def top_layer_names(names, num_layers, k):
+    """The parameters of the top k layers as HF counts them. SAT's post-LN layer i holds HF layer i-1's
+    output LayerNorm as its input LayerNorm, and HF's last one is SAT's final LayerNorm."""
+    if not 0 < k <= num_layers:
+        raise ValueError(f"top_k={k} must lie in 1..{num_layers} (the model's layers)")
+    first = num_layers - k
+    top = tuple(f"transformer.layers.{i}." for i in range(first, num_layers)) + ("transformer.final_layernorm.",)
+    return {n for n in names if n.startswith(top) and not n.startswith(f"transformer.layers.{first}.input_layernorm.")}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    stages: tuple
+
+    def stage_epochs(self, config):
+        """Epochs of each stage: one stage takes them all; two split them by config.stage1_share."""
+        if len(self.stages) == 1:
+            return [config.epochs]
+        stage1 = max(1, round(config.epochs * config.stage1_share))
+        if config.stage1_mode == "stage2-fixed":
+            return [stage1, config.epochs - max(1, round(config.epochs * PAPER_STAGE1_SHARE))]
+        if stage1 >= config.epochs:
+            raise ValueError(f"epochs={config.epochs} leaves nothing for Stage 2 at stage1_share={config.stage1_share}")
+        return [stage1, config.epochs - stage1]

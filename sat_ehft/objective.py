@@ -1,0 +1,23 @@
+"""Scores -> loss and predictions, by task objective (as the original code trained each task):
+binary tasks one logit with BCE; CB cross-entropy over 3; COPA cross-entropy over the two choices'
+scores; STS-B mean squared error on the score."""
+
+import torch
+import torch.nn.functional as F
+
+
+def loss(scores, labels, objective):
+    if objective == "regression":
+        return F.mse_loss(scores.squeeze(-1).float(), labels.float())
+    if objective == "binary":
+        return F.binary_cross_entropy_with_logits(scores.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(scores.float(), labels.long())
+
+
+def predict(scores, objective):
+    """Predicted class indices (or regression scores) from a batch of head outputs."""
+    if objective == "regression":
+        return scores.squeeze(-1).float()
+    if objective == "binary":
+        return (scores.squeeze(-1) > 0).long()
+    return torch.argmax(scores, dim=-1)

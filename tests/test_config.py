@@ -1,0 +1,49 @@
+"""Shipped configs load against the dataclass; stale keys and bad values fail with a name."""
+
+import ast
+import dataclasses
+import inspect
+
+import pytest
+from conftest import REPO
+
+from sat_ehft import config as config_module
+from sat_ehft.config import Config, load_config, parse_overrides
+from sat_ehft.tasks import TASKS
+
+EPOCHS = {"rte": 60, "mrpc": 60, "boolq": 40, "wic": 40, "cb": 400, "copa": 400, "qnli": 10, "cola": 20, "sts-b": 20}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_config_loads_with_the_paper_setup(task):
+    config = load_config(REPO / "configs" / f"{task}.yaml")
+    assert config.epochs == EPOCHS[task] and config.batch_size == 32
+    assert config.lr == (3e-5 if task == "wic" else 1e-5)
+
+
+def test_every_field_has_a_docstring():
+    tree = ast.parse(inspect.getsource(config_module))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config").body
+    documented = {stmt.target.id for stmt, after in zip(body, body[1:])
+                  if isinstance(stmt, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)}
+    assert documented == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_unknown_key_names_the_file(tmp_path):
+    path = tmp_path / "stale.yaml"
+    path.write_text("epochs: 3\nlearning_rate: 1e-5\n")
+    with pytest.raises(ValueError, match=r"stale\.yaml: unknown config key 'learning_rate'; known keys: adam_betas"):
+        load_config(path)
+
+
+def test_bad_values_and_overrides():
+    assert load_config(overrides=parse_overrides(["lr=3e-5", "lora_targets=[query, value]", "epochs=2"])) == \
+        Config(lr=3e-5, lora_targets=("query", "value"), epochs=2)
+    with pytest.raises(ValueError, match="--set epochs: config key 'epochs' expects int, got 'many'"):
+        load_config(overrides=parse_overrides(["epochs=many"]))
+    with pytest.raises(ValueError, match=r"--set 'lr': expected key=value"):
+        parse_overrides(["lr"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_config(overrides={"precision": "fp8"})
+    with pytest.raises(ValueError, match="batch_size must be a multiple of micro_batch_size"):
+        Config(batch_size=32, micro_batch_size=5)
