@@ -11,11 +11,18 @@ class HubUnavailable(RuntimeError):
     """Raised instead of a long download time-out when the hub cannot be reached."""
 
 
-def offline_reason(timeout=3.0):
-    """Why the hub can't be used now, or None when it can (an env switch, else a quick TCP probe)."""
+def offline_switch():
+    """The environment switch that forbids downloads, as "NAME=value is set", or None."""
     for name in OFFLINE_ENV:
         if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{name}={os.environ[name]} is set"
+    return None
+
+
+def offline_reason(timeout=3.0):
+    """Why the hub can't be used now, or None when it can (an env switch, else a quick TCP probe)."""
+    if offline_switch():
+        return offline_switch()
     try:
         socket.create_connection(HUB_HOST, timeout=timeout).close()
     except OSError as err:
@@ -49,10 +56,9 @@ def sat_zoo_folder(name):
 
     if name not in MODEL_URLS:
         raise ValueError(f"'{name}' is not in SAT's model zoo; known: {', '.join(sorted(MODEL_URLS))}")
-    for env in OFFLINE_ENV:
-        if os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on"):
-            raise HubUnavailable(f"cannot fetch '{name}' from SAT's model zoo: {env} is set. "
-                                 "Pass a local SAT or Hugging Face checkpoint folder instead.")
+    if offline_switch():
+        raise HubUnavailable(f"cannot fetch '{name}' from SAT's model zoo: {offline_switch()}. "
+                             "Pass a local SAT or Hugging Face checkpoint folder instead.")
     from sat.resources import auto_create
 
     return auto_create(name)
