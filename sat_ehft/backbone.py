@@ -17,6 +17,7 @@ from sat.model.official.roberta_model import RobertaModel
 
 from sat_ehft.convert import cached_conversion
 from sat_ehft.folders import folder_kind, resolve_folder, tokenizer_folder
+from sat_ehft.mixins import attach
 
 
 class HiddenStatesOutput(BaseMixin):
@@ -36,6 +37,7 @@ class _Backbone:
         super().__init__(args, transformer=transformer, **kwargs)
         self.del_mixin("bert-final")  # SAT names the LM head 'bert-final' for RoBERTa too
         self.add_mixin("hidden-states", HiddenStatesOutput())
+        attach(self, getattr(args, "ehft_mixins", None) or {})  # a saved classifier's head and PET mixins
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, **kw_args):
         """Run on [batch, seq] ids and 0/1 mask: the [batch, seq, hidden] final-layer features, or the
@@ -116,7 +118,7 @@ def sat_weights_file(folder):
 def build_backbone(config):
     """A randomly initialised backbone of the architecture described by a model_config.json dict."""
     cls = SAT_CLASSES[config["model_class"]]
-    args = cls.get_args(**{k: v for k, v in config.items() if k != "model_class"})
+    args = cls.get_args(**{k: v for k, v in config.items() if k != "model_class"}, skip_init=True)
     return cls(args)
 
 

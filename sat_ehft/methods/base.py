@@ -6,23 +6,25 @@ names in `carries` from the previous one (EH-FT: the head; EH-FT-reserve: the he
 
 from dataclasses import dataclass
 
-from sat_ehft.mixins import LoRAMixin, PrefixTuningMixin, add_mixin, bias_names
+from sat_ehft.mixins import bias_names
 
 PAPER_STAGE1_SHARE = 0.1  # Stage 2 keeps 90% of the epochs in 'stage2-fixed' mode
 POLICIES = ("all", "head", "bias", "lora", "prefix", "topk")
 
 
-def make_lora(config, model_config):
-    return LoRAMixin(model_config["num_layers"], model_config["hidden_size"], config.lora_r, config.lora_alpha,
-                     config.lora_targets)
+def lora_spec(config, model_config):
+    return {"num_layers": model_config["num_layers"], "hidden_size": model_config["hidden_size"],
+            "r": config.lora_r, "alpha": config.lora_alpha, "targets": list(config.lora_targets)}
 
 
-def make_prefix(config, model_config):
+def prefix_spec(config, model_config):
     heads = model_config["num_attention_heads"]
-    return PrefixTuningMixin(model_config["num_layers"], heads, model_config["hidden_size"] // heads, config.prefix_len)
+    return {"num_layers": model_config["num_layers"], "num_heads": heads,
+            "head_size": model_config["hidden_size"] // heads, "prefix_len": config.prefix_len}
 
 
-PET_MIXINS = {"lora": make_lora, "prefix": make_prefix}
+# PET mixin name -> its constructor kwargs (a spec, see sat_ehft.mixins.attach) for a config and backbone.
+PET_MIXINS = {"lora": lora_spec, "prefix": prefix_spec}
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,9 @@ class Stage:
     def peak_lr(self, config):
         return config.lr if self.lr == "ft" else config.stage1_lr[self.lr]
 
-    def add_mixins(self, model, model_config, config):
-        for name in self.mixins:
-            add_mixin(model, name, PET_MIXINS[name](config, model_config))
+    def mixin_specs(self, model_config, config):
+        """{mixin name: constructor kwargs} of this stage's PET mixins."""
+        return {name: PET_MIXINS[name](config, model_config) for name in self.mixins}
 
     def trainable_names(self, model, config):
         """Exactly the parameters this stage trains."""
