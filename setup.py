@@ -19,6 +19,9 @@ setup(
         "safetensors>=0.4",
         "scikit-learn>=1.3",
         "scipy>=1.10",
+        "tensorboard",
+        "tqdm",
+        "pyyaml",
         # `import sat` imports these without declaring them.
         "triton",
         "wandb",

@@ -8,14 +8,18 @@ epochs. One process on CPU and N processes under the `deepspeed` launcher run th
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 from sat_ehft import metrics, objective
+from sat_ehft.atomic import write_text
 from sat_ehft.batching import collate, model_inputs
 
 
@@ -41,6 +45,8 @@ def ensure_distributed():
 
             os.environ["MASTER_PORT"] = str(get_free_port())
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -95,11 +101,94 @@ def evaluate(model, task, features, batch_size, pad_id, device):
     return metrics.compute(task.metrics, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
 
 
-def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, log_path):
-    """Train `model` for `budget`; append one JSON line per epoch to `log_path` (rank 0); return the records."""
+@dataclass(frozen=True)
+class StageFiles:
+    """Where one stage writes: per-epoch metrics, per-step training loss, TensorBoard, resumable checkpoints."""
+
+    folder: Path
+
+    @property
+    def metrics(self):
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def steps(self):
+        return self.folder / "train_loss.jsonl"
+
+    @property
+    def checkpoints(self):
+        return self.folder / "checkpoint"
+
+    @property
+    def tensorboard(self):
+        return self.folder / "tensorboard"
+
+
+class _Progress:
+    """The resumable state of a stage: finished epochs, their records, the per-step losses."""
+
+    def __init__(self, state=None):
+        state = state or {}
+        self.epoch = state.get("epoch", 0)
+        self.records = state.get("records", [])
+        self.step_losses = state.get("step_losses", [])
+
+    def client_state(self):
+        return {"epoch": self.epoch, "records": self.records, "step_losses": self.step_losses,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def _write_jsonl(path, rows):
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _restore(engine, files):
+    """Resume from the last epoch checkpoint, if any: weights, optimizer, LR schedule, RNG, logs."""
+    if not (files.checkpoints / "latest").is_file():
+        return _Progress()
+    _, state = engine.load_checkpoint(str(files.checkpoints))
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    return _Progress(state)
+
+
+def _save(engine, files, progress, rank):
+    """Checkpoint the epoch just finished (all ranks), keep only it, then rewrite the logs from it."""
+    tag = f"epoch{progress.epoch}"
+    engine.save_checkpoint(str(files.checkpoints), tag=tag, client_state=progress.client_state())
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    if rank == 0:
+        for old in files.checkpoints.iterdir():
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old)
+        _write_jsonl(files.metrics, progress.records)
+        _write_jsonl(files.steps, progress.step_losses)
+
+
+def _mean_over_ranks(value, device):
+    if dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
+def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
+                callbacks=()):
+    """Train `model` for `budget` and return the per-epoch records.
+
+    After every epoch: dev metrics, a DeepSpeed checkpoint in `files.checkpoints` (the previous one is
+    removed), then metrics.jsonl and train_loss.jsonl rewritten atomically; then each callback gets
+    (model, record). A rerun with the same arguments resumes after the last checkpointed epoch and ends
+    as an uninterrupted run would. A NaN loss raises NonFiniteLoss and leaves the last good checkpoint.
+    """
     import deepspeed
 
     rank, world_size = ensure_distributed()
+    files.folder.mkdir(parents=True, exist_ok=True)
     sampler = DistributedSampler(train_features, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(train_features, batch_size=config.micro_batch_size, sampler=sampler,
                         collate_fn=partial(collate, pad_id=pad_id))
@@ -108,24 +197,47 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     optimizer = make_optimizer(model, trainable, budget.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    records = []
-    for epoch in range(budget.epochs):
+    progress = _restore(engine, files)
+    board = _tensorboard(files, rank)
+    for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
         engine.train()
-        losses = []
-        for batch in loader:
+        micro_losses, epoch_losses = [], []
+        for batch in tqdm(loader, desc=f"{files.folder.name} epoch {epoch + 1}/{budget.epochs}",
+                          disable=None if rank == 0 else True, leave=False):
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             loss = objective.loss(engine.module.encode(**model_inputs(batch)), batch["labels"], task.objective)
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"epoch {epoch + 1}, step {engine.global_steps + 1}: loss is {loss.item()}")
+                raise NonFiniteLoss(f"{files.folder}: epoch {epoch + 1}, step {engine.global_steps + 1}: loss is "
+                                    f"{loss.item()}; the last good checkpoint is kept in {files.checkpoints}")
+            micro_losses.append(loss.item())
+            epoch_losses.append(micro_losses[-1])
+            boundary = engine.is_gradient_accumulation_boundary()
             engine.backward(loss)
             engine.step()
-            losses.append(loss.item())
+            if boundary:
+                step_loss = _mean_over_ranks(sum(micro_losses) / len(micro_losses), engine.device)
+                progress.step_losses.append({"step": engine.global_steps, "loss": step_loss})
+                micro_losses = []
+                if board:
+                    board.add_scalar("train/loss", step_loss, engine.global_steps)
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0],
-                  "train_loss": sum(losses) / len(losses),
+                  "train_loss": _mean_over_ranks(sum(epoch_losses) / len(epoch_losses), engine.device),
                   **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
-        records.append(record)
-        if rank == 0:
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(json.dumps(record) + "\n")
-    return records
+        progress.epoch, progress.records = epoch + 1, progress.records + [record]
+        _save(engine, files, progress, rank)
+        if board:
+            for key, value in record.items():
+                board.add_scalar(f"dev/{key}", value, record["step"])
+            board.flush()
+        for callback in callbacks:
+            callback(engine.module, record)
+    return progress.records
+
+
+def _tensorboard(files, rank):
+    if rank != 0:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(files.tensorboard))

@@ -12,7 +12,7 @@ from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
 from sat_ehft.tasks import encode_examples, get_task
-from sat_ehft.trainer import NonFiniteLoss, StageBudget, evaluate, linear_schedule, train_stage
+from sat_ehft.trainer import NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, train_stage
 
 CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0)
 
@@ -36,11 +36,11 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
     model, trainable = classifier(tmp_path, task, get_method("ehft-bitfit").stages[0])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     records = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-2, epochs=3), seed=1,
-                          pad_id=minilm_tokenizer.pad_token_id, log_path=tmp_path / "metrics.jsonl")
+                          pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == trainable  # every trainable tensor moved, nothing else did
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "stage" / "metrics.jsonl").read_text().splitlines()]
     assert logged == records and [r["epoch"] for r in logged] == [1, 2, 3]
     assert [r["step"] for r in logged] == [3, 6, 9]  # 24 rows / global batch 8
     assert logged[-1]["train_loss"] < logged[0]["train_loss"]
@@ -55,16 +55,53 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
     assert evaluate(model, task, dev, 7, minilm_tokenizer.pad_token_id, "cpu") == {"accuracy": logged[-1]["accuracy"]}
 
 
-def test_non_finite_loss_names_the_step(tmp_path, rte_features, minilm_tokenizer):
-    task, train, dev = rte_features
-    model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
-    with torch.no_grad():
-        model.get_mixin("head").out.bias.fill_(float("nan"))
-    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1: loss is nan"):
-        train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=1), seed=1,
-                    pad_id=minilm_tokenizer.pad_token_id, log_path=tmp_path / "metrics.jsonl")
-
-
 def test_linear_schedule_warms_up_then_decays_to_zero():
     multiplier = linear_schedule(total_steps=20, warmup_share=0.1)
     assert [multiplier(s) for s in (0, 1, 2, 11, 20)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+class Interrupted(Exception):
+    """Stands in for a kill right after an epoch's checkpoint."""
+
+
+def interrupt_after(epoch):
+    def callback(model, record):
+        if record["epoch"] == epoch:
+            raise Interrupted
+
+    return callback
+
+
+def run_ft(tmp_path, rte_features, pad_id, folder, epochs=3, callbacks=()):
+    task, train, dev = rte_features
+    model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
+    records = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=epochs), seed=4,
+                          pad_id=pad_id, files=StageFiles(tmp_path / folder), callbacks=callbacks)
+    return model, records
+
+
+def test_interrupted_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_path, rte_features, minilm_tokenizer):
+    pad = minilm_tokenizer.pad_token_id
+    whole, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    resumed, resumed_records = run_ft(tmp_path, rte_features, pad, "cut")  # dropout is on: RNG must be restored
+    assert resumed_records == whole_records
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    steps = [json.loads(line) for line in (tmp_path / "cut" / "train_loss.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 10))
+    assert [p.name for p in (tmp_path / "cut" / "checkpoint").iterdir() if p.is_dir()] == ["epoch3"]
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_tokenizer):
+    def poison(model, record):
+        with torch.no_grad():
+            model.get_mixin("head").out.bias.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 4: loss is nan; the last good checkpoint is kept"):
+        run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "nan", callbacks=[poison])
+    checkpoints = tmp_path / "nan" / "checkpoint"
+    assert (checkpoints / "latest").read_text().strip() == "epoch1"
+    saved = torch.load(checkpoints / "epoch1" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["module"].values())
