@@ -6,6 +6,7 @@ Importing this module registers RobertaBackbone and BertBackbone with SAT's mode
 SAT's `AutoModel.from_pretrained` needs to rebuild a converted folder.
 """
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ class Backbone:
     model: torch.nn.Module
     folder: Path  # the SAT checkpoint folder it was loaded from
     config: dict  # its model_config.json
+    fingerprint: str  # identifies the pretrained weights, so a head cannot cross to another backbone
 
     def load_tokenizer(self):
         from sat_ehft.tokenizer import load_tokenizer
@@ -133,7 +135,15 @@ def load_sat_folder(folder):
     if missing or unexpected:
         raise ValueError(f"{weights}: does not fit {config['model_class']}: "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    return Backbone(model=model, folder=folder, config=config)
+    return Backbone(model=model, folder=folder, config=config, fingerprint=weights_fingerprint(state))
+
+
+def weights_fingerprint(state):
+    """A short hash of the pretrained word embeddings and final LayerNorm: equal only for the same backbone."""
+    digest = hashlib.sha256()
+    for key in ("transformer.word_embeddings.weight", "transformer.final_layernorm.weight"):
+        digest.update(state[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_backbone(spec, cache_dir=None):

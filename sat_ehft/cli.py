@@ -53,6 +53,29 @@ def cmd_data(args):
         print("\n".join(split_report(task, split, examples, tokenizer, args.max_length)))
 
 
+def default_config(task):
+    """configs/<task>.yaml of a source checkout, if there is one."""
+    from pathlib import Path
+
+    from sat_ehft.tasks import get_task
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{get_task(task).name}.yaml"
+    return path if path.is_file() else None
+
+
+def cmd_train(args):
+    from sat_ehft.config import load_config, parse_overrides
+    from sat_ehft.pipeline import RunSpec, run
+
+    config = load_config(args.config or default_config(args.task), parse_overrides(args.set))
+    spec = RunSpec(task=args.task, method=args.method, model=args.model,
+                   data_dir=None if args.hub else args.data_dir, seed=args.seed, config=config)
+    result = run(spec, args.out, stage_number=args.stage)
+    if result:
+        print(f"{result['task']} {result['method']} seed {result['seed']}: best {result['metric']} "
+              f"{result['best']:.4f} (epoch {result['best_epoch']}), last {result['last']:.4f}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +93,21 @@ def build_parser():
     data.add_argument("--model", help="model folder or name whose tokenizer measures token lengths")
     data.add_argument("--max-length", type=int, default=512, help="truncation length for the token counts")
     data.set_defaults(func=cmd_data)
+
+    train = commands.add_parser("train", help="train one task with one method (all stages, or --stage N)")
+    train.add_argument("--task", required=True, help="task name, e.g. rte")
+    train.add_argument("--method", required=True, help="method name, e.g. ehft-bitfit (see README)")
+    train.add_argument("--model", required=True, help="SAT folder, Hugging Face folder or model name")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="folder holding superglue/<TASK>/... and glue/<TASK>/...")
+    source.add_argument("--hub", action="store_true", help="read the task from the Hugging Face hub")
+    train.add_argument("--seed", type=int, default=1, help="random seed (head init, data order, dropout)")
+    train.add_argument("--out", required=True, help="run folder; rerunning resumes it")
+    train.add_argument("--config", help="YAML config (default: configs/<task>.yaml of this checkout)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--stage", type=int, help="run only this stage (1-based), as finetune_scripts/ do")
+    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -59,6 +59,8 @@ class Config:
     """Top-K layer tuning: how many of the last layers train."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
+    save_model: bool = False
+    """Also write the final classifier as a SAT checkpoint folder RUN/model (large for RoBERTa-large)."""
 
     def __post_init__(self):
         checks = [

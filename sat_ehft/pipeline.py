@@ -1,0 +1,239 @@
+"""A run: the method's stages in order, the head (and, for -reserve, the PET part) carried across.
+
+This is the only place that knows stages follow each other. Each stage starts from the pretrained
+backbone loaded afresh (EH-FT, section 2.2: "restore the pretrained backbone back to theta_f^0 and only
+keep the trained head"); what a stage `carries` is read from the previous stage's trained.pt.
+
+Run folder (the contract with everything that reads results):
+  run.json                     task, method, model, data, seed, config, library versions
+  <stage>/metrics.jsonl        one line per epoch: epoch, step, lr, train_loss, dev metrics
+  <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks)
+  <stage>/tensorboard/         the same, for TensorBoard
+  <stage>/checkpoint/          DeepSpeed checkpoint of the last finished epoch (removed when the stage ends)
+  <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id
+  <stage>/done.json            best and last scores, epochs, LR, seconds: the stage is finished
+  model/                       the final classifier as a SAT checkpoint folder (config save_model)
+  result.json                  the final stage's best and last scores, the seed, every stage's summary
+"""
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sat_ehft.atomic import atomic_dir, atomic_path, write_json
+from sat_ehft.backbone import load_backbone
+from sat_ehft.classifier import build_classifier
+from sat_ehft.convert import write_sat_checkpoint
+from sat_ehft.methods import get_method
+from sat_ehft.mixins import bias_names
+from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str
+    method: str
+    model: str  # SAT folder, HF folder or model name
+    data_dir: str  # official files; None reads the task from the Hugging Face hub
+    seed: int
+    config: object  # sat_ehft.config.Config
+
+    def describe(self):
+        return {**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)}
+
+
+def versions():
+    import deepspeed
+    import transformers
+    from importlib.metadata import version
+
+    return {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
+            "SwissArmyTransformer": version("SwissArmyTransformer")}
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def is_main():
+    return dist.get_rank() == 0
+
+
+def barrier():
+    if dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def claim_run_folder(spec, out):
+    """Write run.json, or check that an existing one describes this very run."""
+    path = Path(out) / "run.json"
+    wanted = json.loads(json.dumps(spec.describe()))  # as it reads back from JSON (tuples become lists)
+    if path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        differing = [k for k in wanted if k != "config" and wanted[k] != recorded.get(k)]
+        differing += [f"config.{k}" for k, v in wanted["config"].items() if v != recorded["config"].get(k)]
+        if differing:
+            raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}); "
+                             "use a new --out")
+    elif is_main():
+        write_json(path, {**wanted, "versions": versions()})
+    barrier()
+
+
+# What a stage can carry over from the previous one -> how to find those tensors in a model.
+def carried_names(model, what):
+    names = [n for n, _ in model.named_parameters()]
+    if what == "bias":
+        return set(bias_names(model))
+    return {n for n in names if n.startswith(f"mixins.{what}.")}
+
+
+def load_carried(model, path, carries, fingerprint):
+    """Copy what `carries` names from a previous stage's trained.pt into `model`, checking it fits."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved["backbone"] != fingerprint:
+        raise ValueError(f"{path}: trained on another backbone (weights {saved['backbone']}, this one {fingerprint}); "
+                         "a head only fits the backbone it was trained with")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for what in carries:
+            for name in sorted(carried_names(model, what)):
+                if name not in saved["tensors"]:
+                    raise ValueError(f"{path}: has no tensor '{name}' to carry ({what})")
+                value = saved["tensors"][name]
+                if value.shape != params[name].shape:
+                    raise ValueError(f"{path}: '{name}' has shape {list(value.shape)}, but this task's model "
+                                     f"needs {list(params[name].shape)}; the head was trained for another task")
+                params[name].copy_(value)
+
+
+def save_trained(model, trainable, fingerprint, path):
+    tensors = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if n in trainable}
+    with atomic_path(path) as tmp:
+        torch.save({"tensors": tensors, "backbone": fingerprint}, tmp)
+
+
+def save_model(model, config, folder):
+    """The classifier as a SAT checkpoint folder that SAT's AutoModel (after importing sat_ehft.backbone) loads."""
+    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
+    with atomic_dir(folder) as tmp:
+        write_sat_checkpoint(tmp, config, state)
+
+
+def summarize(task, records):
+    """Best (by the task's first metric) and last epoch records."""
+    metric = task.metrics[0]
+    best = max(records, key=lambda r: r[metric])
+    return {"metric": metric, "best": best, "last": records[-1]}
+
+
+def encoded_splits(task, spec, tokenizer):
+    read = (lambda split: task.read(spec.data_dir, split)) if spec.data_dir else task.read_hub
+    return [encode_examples(task, read(split), tokenizer, spec.config.max_length) for split in ("train", "dev")]
+
+
+@dataclass
+class PreparedStage:
+    backbone: object  # sat_ehft.backbone.Backbone, its model now the classifier
+    model: torch.nn.Module
+    trainable: set
+    tokenizer: object
+    train: list  # encoded examples
+    dev: list
+
+
+def prepare_stage(spec, out, index):
+    """The model a stage starts from: the pretrained backbone loaded afresh, a new head and the stage's
+    mixins, then what the stage carries from the previous stage's trained.pt."""
+    task, method = get_task(spec.task), get_method(spec.method)
+    stage = method.stages[index]
+    set_seed(spec.seed)
+    backbone = load_backbone(spec.model)
+    tokenizer = backbone.load_tokenizer()
+    train, dev = encoded_splits(task, spec, tokenizer)
+    model, trainable = build_classifier(backbone, task, stage, spec.config)
+    if stage.carries:
+        previous = Path(out) / method.stages[index - 1].name / "trained.pt"
+        load_carried(model, previous, stage.carries, backbone.fingerprint)
+    return PreparedStage(backbone, model, trainable, tokenizer, train, dev)
+
+
+def run_stage(spec, out, index):
+    """Run stage `index` (0-based) of the method; return its done.json content."""
+    task, method = get_task(spec.task), get_method(spec.method)
+    stage, epochs = method.stages[index], method.stage_epochs(spec.config)[index]
+    folder = Path(out) / stage.name
+    started = time.time()
+    ready = prepare_stage(spec, out, index)
+    budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
+    files = StageFiles(folder)
+    records = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev, spec.config, budget,
+                          seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files)
+    done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable),
+            "seconds": round(time.time() - started, 2), **summarize(task, records)}
+    if is_main():
+        save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, folder / "trained.pt")
+        if spec.config.save_model and index == len(method.stages) - 1:
+            save_model(ready.model, ready.backbone.config, Path(out) / "model")
+        write_json(folder / "done.json", done)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+    barrier()
+    return done
+
+
+def stage_done(out, stage):
+    path = Path(out) / stage.name / "done.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def run(spec, out, stage_number=None, log=print):
+    """Run the method's stages (or only `stage_number`, 1-based), skipping finished ones.
+
+    Returns result.json's content once every stage is done, else None."""
+    ensure_distributed()
+    method = get_method(spec.method)
+    get_task(spec.task)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    claim_run_folder(spec, out)
+    numbers = range(1, len(method.stages) + 1) if stage_number is None else [stage_number]
+    if stage_number is not None and not 1 <= stage_number <= len(method.stages):
+        raise ValueError(f"--stage {stage_number}: method {method.name} has stages 1..{len(method.stages)}")
+    for number in numbers:
+        stage = method.stages[number - 1]
+        if stage_done(out, stage):
+            log(f"{spec.method} {stage.name}: already finished, skipped")
+            continue
+        if number > 1 and not stage_done(out, method.stages[number - 2]):
+            raise ValueError(f"{out}: {method.stages[number - 2].name} has not finished; run it first")
+        done = run_stage(spec, out, number - 1)
+        log(f"{spec.method} {stage.name}: best {done['metric']} {done['best'][done['metric']]:.4f} "
+            f"(epoch {done['best']['epoch']}), last {done['last'][done['metric']]:.4f}")
+    return write_result(spec, out, method)
+
+
+def write_result(spec, out, method):
+    stages = [stage_done(out, s) for s in method.stages]
+    if not all(stages):
+        return None
+    final, metric = stages[-1], stages[-1]["metric"]
+    every_epoch = [r[metric] for s in method.stages
+                   for r in map(json.loads, (Path(out) / s.name / "metrics.jsonl").read_text().splitlines())]
+    result = {"task": spec.task, "method": spec.method, "seed": spec.seed, "metric": metric,
+              "best": final["best"][metric], "best_epoch": final["best"]["epoch"], "last": final["last"][metric],
+              # The original code reported this: a running maximum over every evaluation, Stage 1's included.
+              "max_over_all_stages": max(every_epoch),
+              "stages": {s.name: done for s, done in zip(method.stages, stages)}}
+    if is_main():
+        write_json(Path(out) / "result.json", result)
+    return result

@@ -1,0 +1,133 @@
+"""Whole runs on CPU through deepspeed.initialize: a tiny BERT backbone, real RTE rows."""
+
+import json
+
+import pytest
+import torch
+from conftest import SHARED_DATA, tiny_hf_model
+
+from sat_ehft.backbone import load_backbone
+from sat_ehft.config import Config
+from sat_ehft.pipeline import RunSpec, load_carried, prepare_stage, run
+
+CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lora_r=2,
+                prefix_len=3, stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def rte_dir(tmp_path_factory):
+    """A few real RTE rows in the official layout (written here, never committed)."""
+    folder = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 32), ("val", 16)):
+        lines = (SHARED_DATA / "superglue/RTE" / f"{split}.jsonl").read_text().splitlines()[:count]
+        (folder / "superglue/RTE").mkdir(parents=True, exist_ok=True)
+        (folder / "superglue/RTE" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, minilm_dir):
+    """A tiny random BERT that uses MiniLM's real tokenizer (same 30522-token vocabulary)."""
+    folder = tmp_path_factory.mktemp("model") / "tiny-bert"
+    tiny_hf_model("bert", vocab=30522, hidden=32, layers=2, heads=4).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).write_bytes((minilm_dir / name).read_bytes())
+    return folder
+
+
+def spec_for(method, tiny_bert, rte_dir, **changes):
+    return RunSpec(task="rte", method=method, model=str(tiny_bert), data_dir=str(rte_dir), seed=3,
+                   config=Config(**{**CONFIG.__dict__, **changes}))
+
+
+@pytest.mark.parametrize("method", ["ft", "lp-ft", "ehft-bitfit", "ehft-lora", "ehft-prefix"])
+def test_methods_run_end_to_end(tmp_path, tiny_bert, rte_dir, method):
+    result = run(spec_for(method, tiny_bert, rte_dir), tmp_path / "run", log=lambda line: None)
+    stages = ["train"] if method == "ft" else ["stage1", "stage2"]
+    assert list(result["stages"]) == stages and result["seed"] == 3 and result["metric"] == "accuracy"
+    final = [json.loads(line) for line in (tmp_path / "run" / stages[-1] / "metrics.jsonl").read_text().splitlines()]
+    assert result["last"] == final[-1]["accuracy"] and result["best"] == max(r["accuracy"] for r in final)
+    assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
+    for stage in stages:
+        assert not (tmp_path / "run" / stage / "checkpoint").exists()  # removed once the stage is done
+
+
+def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path, tiny_bert, rte_dir):
+    spec = spec_for("ehft-bitfit", tiny_bert, rte_dir)
+    run(spec, tmp_path, log=lambda line: None)
+    stage1 = torch.load(tmp_path / "stage1" / "trained.pt", weights_only=True)["tensors"]
+    pretrained = load_backbone(tiny_bert).model.state_dict()
+    assert any(not torch.equal(stage1[n], pretrained[n]) for n in stage1 if not n.startswith("mixins."))
+    start = prepare_stage(spec, tmp_path, 1).model.state_dict()
+    for name, value in pretrained.items():  # BitFit's trained biases are gone: bit-identical backbone
+        assert torch.equal(start[name], value), name
+    heads = [n for n in start if n.startswith("mixins.head.")]
+    assert sorted(heads) == ["mixins.head.dense.bias", "mixins.head.dense.weight", "mixins.head.out.bias",
+                             "mixins.head.out.weight"]
+    assert all(torch.equal(start[n], stage1[n]) for n in heads)  # weights and biases carried
+
+
+def test_reserve_keeps_the_stage1_lora(tmp_path, tiny_bert, rte_dir):
+    spec = spec_for("ehft-lora-reserve", tiny_bert, rte_dir)
+    run(spec, tmp_path, log=lambda line: None)
+    stage1 = torch.load(tmp_path / "stage1" / "trained.pt", weights_only=True)["tensors"]
+    start = prepare_stage(spec, tmp_path, 1)
+    lora = {n: v for n, v in start.model.state_dict().items() if n.startswith("mixins.lora.")}
+    assert lora and all(torch.equal(v, stage1[n]) for n, v in lora.items())
+    assert set(lora) <= start.trainable
+
+
+def test_rerun_skips_finished_stages_and_refuses_another_config(tmp_path, tiny_bert, rte_dir):
+    spec = spec_for("ehft-bitfit", tiny_bert, rte_dir)
+    run(spec, tmp_path, stage_number=1, log=lambda line: None)
+    assert not (tmp_path / "stage2").exists() and not (tmp_path / "result.json").exists()
+    stamp = (tmp_path / "stage1" / "done.json").stat().st_mtime_ns
+    lines = []
+    result = run(spec, tmp_path, stage_number=2, log=lines.append)
+    assert result["stages"]["stage1"] == json.loads((tmp_path / "stage1" / "done.json").read_text())
+    run(spec, tmp_path, log=lines.append)
+    assert lines[-2:] == ["ehft-bitfit stage1: already finished, skipped", "ehft-bitfit stage2: already finished, skipped"]
+    assert (tmp_path / "stage1" / "done.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match=r"run\.json: this folder belongs to another run \(differs in seed, config\.lr\)"):
+        run(RunSpec(**{**spec.__dict__, "seed": 4, "config": Config(**{**CONFIG.__dict__, "lr": 2e-3})}), tmp_path)
+
+
+def test_stage2_needs_stage1(tmp_path, tiny_bert, rte_dir):
+    with pytest.raises(ValueError, match="stage1 has not finished; run it first"):
+        run(spec_for("ehft-lora", tiny_bert, rte_dir), tmp_path, stage_number=2)
+
+
+def test_a_head_from_another_task_or_backbone_is_refused(tmp_path, tiny_bert, rte_dir, shared_data, minilm_dir):
+    cb_dir = tmp_path / "cb-data" / "superglue"
+    (cb_dir / "CB").mkdir(parents=True)
+    for split in ("train", "val"):
+        (cb_dir / "CB" / f"{split}.jsonl").write_text(
+            "\n".join((shared_data / "superglue/CB" / f"{split}.jsonl").read_text().splitlines()[:16]) + "\n")
+    cb = RunSpec(task="cb", method="ehft-bitfit", model=str(tiny_bert), data_dir=str(cb_dir.parent), seed=3, config=CONFIG)
+    run(cb, tmp_path / "cb", stage_number=1, log=lambda line: None)
+    rte_model = prepare_stage(spec_for("ft", tiny_bert, rte_dir), tmp_path / "unused", 0)
+    fingerprint = load_backbone(tiny_bert).fingerprint
+    with pytest.raises(ValueError, match=r"'mixins\.head\.out\.bias' has shape \[3\], but this task's model needs \[1\]"):
+        load_carried(rte_model.model, tmp_path / "cb" / "stage1" / "trained.pt", ("head",), fingerprint)
+    other = load_backbone(minilm_dir).fingerprint
+    with pytest.raises(ValueError, match="trained on another backbone"):
+        load_carried(rte_model.model, tmp_path / "cb" / "stage1" / "trained.pt", ("head",), other)
+
+
+def test_saved_classifier_loads_back_with_sat_automodel(tmp_path, tiny_bert, rte_dir):
+    from sat.model.base_model import AutoModel
+
+    from sat_ehft.batching import collate, model_inputs
+
+    spec = spec_for("ehft-lora-reserve", tiny_bert, rte_dir, save_model=True)
+    run(spec, tmp_path, log=lambda line: None)
+    model, _ = AutoModel.from_pretrained(str(tmp_path / "model"))
+    trained = torch.load(tmp_path / "stage2" / "trained.pt", weights_only=True)["tensors"]
+    state = model.state_dict()
+    assert set(model.mixins) == {"bert-type", "hidden-states", "head", "lora"}
+    assert all(torch.equal(state[n], v) for n, v in trained.items())
+    start = prepare_stage(spec, tmp_path, 1)
+    batch = collate(start.dev[:4], start.tokenizer.pad_token_id)
+    with torch.no_grad():
+        scores = model.eval().encode(**model_inputs(batch))
+    assert scores.shape == (4, 1)
