@@ -46,7 +46,7 @@ def perturb_(model, std=0.2, seed=0):
     return model
 
 
-def tiny_hf_model(kind, hidden=32, layers=2, heads=4, vocab=120, type_vocab=2, max_positions=64, seed=0):
+def tiny_hf_model(kind, hidden=32, layers=2, heads=4, vocab=120, type_vocab=2, max_positions=64, seed=0, dropout=0.1):
     """A randomly initialised HF RoBERTa or BERT model (eval mode), every parameter perturbed."""
     import transformers
 
@@ -55,8 +55,8 @@ def tiny_hf_model(kind, hidden=32, layers=2, heads=4, vocab=120, type_vocab=2, m
     model_cls = transformers.RobertaModel if kind == "roberta" else transformers.BertModel
     config = config_cls(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=2 * hidden, type_vocab_size=type_vocab,
-                        max_position_embeddings=max_positions, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
+                        max_position_embeddings=max_positions, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     return perturb_(model_cls(config), seed=seed).eval()
 
 
@@ -69,3 +69,27 @@ def padded_batch(vocab, lengths, pad_id, seed=0):
         mask[row, :length] = 1
     ids[mask == 0] = pad_id
     return ids, mask
+
+
+@pytest.fixture(scope="session")
+def rte_dir(tmp_path_factory, shared_data):
+    """A few real RTE rows in the official layout (written here, never committed)."""
+    folder = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 32), ("val", 16)):
+        lines = (shared_data / "superglue/RTE" / f"{split}.jsonl").read_text().splitlines()[:count]
+        (folder / "superglue/RTE").mkdir(parents=True, exist_ok=True)
+        (folder / "superglue/RTE" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_dir):
+    """A tiny random BERT that uses MiniLM's real tokenizer (same 30522-token vocabulary)."""
+    return tiny_bert_folder(tmp_path_factory.mktemp("model") / "tiny-bert", minilm_dir)
+
+
+def tiny_bert_folder(folder, minilm_dir, dropout=0.1):
+    tiny_hf_model("bert", vocab=30522, hidden=32, layers=2, heads=4, dropout=dropout).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).write_bytes((minilm_dir / name).read_bytes())
+    return folder

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import SHARED_DATA, tiny_hf_model
 
 from sat_ehft.backbone import load_backbone
 from sat_ehft.config import Config
@@ -12,27 +11,6 @@ from sat_ehft.pipeline import RunSpec, load_carried, prepare_stage, run
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lora_r=2,
                 prefix_len=3, stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, lr=1e-3)
-
-
-@pytest.fixture(scope="module")
-def rte_dir(tmp_path_factory):
-    """A few real RTE rows in the official layout (written here, never committed)."""
-    folder = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 32), ("val", 16)):
-        lines = (SHARED_DATA / "superglue/RTE" / f"{split}.jsonl").read_text().splitlines()[:count]
-        (folder / "superglue/RTE").mkdir(parents=True, exist_ok=True)
-        (folder / "superglue/RTE" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, minilm_dir):
-    """A tiny random BERT that uses MiniLM's real tokenizer (same 30522-token vocabulary)."""
-    folder = tmp_path_factory.mktemp("model") / "tiny-bert"
-    tiny_hf_model("bert", vocab=30522, hidden=32, layers=2, heads=4).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        (folder / name).write_bytes((minilm_dir / name).read_bytes())
-    return folder
 
 
 def spec_for(method, tiny_bert, rte_dir, **changes):

@@ -1,0 +1,66 @@
+"""The shell entry points and the DeepSpeed launcher, run as a user runs them (separate processes)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, tiny_bert_folder
+
+SMALL = "epochs=2 batch_size=8 micro_batch_size=8 eval_batch_size=32 max_length=64 lr=1e-3"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env(**extra):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # this pytest process's own one-rank group must not leak into the launches
+    return env
+
+
+def test_ehft_rte_script_runs_both_stages_and_skips_them_when_rerun(tmp_path, tiny_bert, rte_dir):
+    env = launch_env(MODEL=str(tiny_bert), DATA_DIR=str(rte_dir), OUT=str(tmp_path / "run"), NUM_GPUS="0",
+                     SEED="2", SET=SMALL)
+    first = subprocess.run(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stage 1 of 2" in first.stdout and "stage 2 of 2" in first.stdout
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["method"] == "ehft-bitfit" and result["seed"] == 2 and list(result["stages"]) == ["stage1", "stage2"]
+    run_config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert run_config["epochs"] == 2 and run_config["lr"] == 1e-3  # configs/rte.yaml, then SET
+    again = subprocess.run(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("already finished, skipped") == 2
+
+
+def step_losses(folder):
+    return [json.loads(line)["loss"] for line in (folder / "train" / "train_loss.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_under_the_deepspeed_launcher_match_one(tmp_path, rte_dir, minilm_dir):
+    """Data parallelism: 2 ranks x micro-batch 4 follow the loss curve of 1 rank x micro-batch 8."""
+    model = tiny_bert_folder(tmp_path / "tiny-bert", minilm_dir, dropout=0.0)
+    common = ["train", "--task", "rte", "--method", "ft", "--model", str(model), "--data-dir", str(rte_dir),
+              "--seed", "5", "--config", str(REPO / "configs" / "rte.yaml")]
+    overrides = [arg for pair in ("epochs=2", "batch_size=8", "max_length=64", "lr=1e-3") for arg in ("--set", pair)]
+    one = subprocess.run([sys.executable, "-m", "sat_ehft", *common, "--out", str(tmp_path / "one"), *overrides,
+                          "--set", "micro_batch_size=8"], cwd=REPO, env=launch_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--no_local_rank",
+                          "--module", "sat_ehft", *common, "--out", str(tmp_path / "two"), *overrides,
+                          "--set", "micro_batch_size=4"], cwd=REPO, env=launch_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, parallel = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert len(single) == len(parallel) == 8  # 32 rows / global batch 8, 2 epochs
+    assert max(abs(a - b) for a, b in zip(single, parallel)) < 1e-4
+    assert single[0] != single[-1]
