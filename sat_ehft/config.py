@@ -57,6 +57,10 @@ class Config:
     """Prefix-tuning prefixes per layer (paper text: 16; the original code: 17)."""
     top_k: int = 3
     """Top-K layer tuning: how many of the last layers train."""
+    mixout_p: float = 0.7
+    """Mixout: probability of swapping a weight entry for its pretrained value (searched in {0.7, 0.8, 0.9})."""
+    child_tuning_keep: float = 0.3
+    """Child-Tuning_D: fraction of backbone entries, by Fisher information, that train (the original EH-FT code: 0.1)."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
     save_model: bool = False

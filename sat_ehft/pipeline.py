@@ -28,12 +28,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sat_ehft import objective
 from sat_ehft.atomic import atomic_dir, atomic_path, write_json
 from sat_ehft.backbone import load_backbone
+from sat_ehft.batching import collate, model_inputs
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import write_sat_checkpoint
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
+from sat_ehft.mixins.child_tuning import fisher_information, install_gradient_masks, top_fraction_masks
 from sat_ehft.tasks import encode_examples, get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
 
@@ -166,7 +169,27 @@ def prepare_stage(spec, out, index):
     if stage.carries:
         previous = Path(out) / method.stages[index - 1].name / "trained.pt"
         load_carried(model, previous, stage.carries, backbone.fingerprint)
+    if stage.fisher_mask:
+        mask_to_child_network(model, task, train, spec.config, tokenizer.pad_token_id)
     return PreparedStage(backbone, model, trainable, tokenizer, train, dev)
+
+
+def mask_to_child_network(model, task, features, config, pad_id):
+    """Child-Tuning_D: from now on only the backbone entries of highest Fisher information get gradients.
+    Fisher is measured in eval mode (no dropout), so every data-parallel rank picks the same entries."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("mixins.")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+
+    def losses():
+        for start in range(0, len(features), config.micro_batch_size):
+            batch = {k: v.to(device) for k, v in collate(features[start:start + config.micro_batch_size], pad_id).items()}
+            yield objective.loss(model.encode(**model_inputs(batch)), batch["labels"], task.objective)
+
+    masks = top_fraction_masks(fisher_information(model, names, losses()), config.child_tuning_keep)
+    install_gradient_masks(model, masks)
+    model.train()
+    return masks
 
 
 def run_stage(spec, out, index):

@@ -12,8 +12,8 @@ from sat_ehft.methods import METHODS, get_method
 from sat_ehft.objective import loss, predict
 from sat_ehft.tasks import encode_examples, get_task
 
-TABLE1 = ["bitfit", "ehft-bitfit", "ehft-bitfit-reserve", "ehft-lora", "ehft-lora-reserve", "ehft-prefix", "ft",
-          "lora", "lp", "lp-ft", "prefix", "topk"]
+TABLE1 = ["bitfit", "child-tuning-d", "ehft-bitfit", "ehft-bitfit-reserve", "ehft-lora", "ehft-lora-reserve", "ehft-prefix",
+          "ft", "lora", "lp", "lp-ft", "mixout", "prefix", "topk"]
 CONFIG = Config(lora_r=2, prefix_len=3, top_k=1)
 
 
@@ -40,9 +40,9 @@ def expected_trainable(policy, names):
     return head | select
 
 
-def test_registry_covers_table1_so_far():
+def test_registry_covers_table1():
     assert sorted(METHODS) == TABLE1
-    with pytest.raises(KeyError, match="unknown method 'mixout-x'; known methods: bitfit, ehft-bitfit"):
+    with pytest.raises(KeyError, match="unknown method 'mixout-x'; known methods: bitfit, child-tuning-d, ehft-bitfit"):
         get_method("mixout-x")
 
 

@@ -134,3 +134,65 @@ def test_bitfit_selects_biases_and_restores_them_exactly(tmp_path):
     restore(sat, saved)
     params = dict(sat.named_parameters())
     assert all(torch.equal(params[n], saved[n]) for n in names)
+
+
+def test_mixout_keeps_the_expectation_of_the_weights():
+    from sat_ehft.mixins.mixout import mixout_weight
+
+    torch.manual_seed(0)
+    p, draws = 0.7, 4000
+    weight, pretrained = torch.randn(32, 32), torch.randn(32, 32)
+    samples = torch.stack([mixout_weight(weight, pretrained, p) for _ in range(draws)])
+    # One draw is w0 with probability p, else (w - p w0) / (1 - p): its spread is known exactly.
+    spread = (p * (1 - p)) ** 0.5 * (weight - pretrained).abs() / (1 - p)
+    z = (samples.mean(0) - weight) / (spread / draws ** 0.5)
+    assert z.abs().max() < 5 and abs(z.mean()) < 0.2
+    took_pretrained = torch.isclose(samples, pretrained.expand(draws, -1, -1), atol=1e-5)
+    assert abs(took_pretrained.float().mean() - p) < 0.01
+
+
+def test_mixout_mixin_trains_stochastically_and_evaluates_plainly(tmp_path):
+    from sat_ehft.mixins import MixoutMixin, attach
+
+    hf = tiny_hf_model("bert", dropout=0.0)
+    sat = sat_copy(tmp_path, hf)
+    ids, mask = padded_batch(120, [9, 5], pad_id=0)
+    with torch.no_grad():
+        plain = sat.encode(ids, mask)
+    attach(sat, {"mixout": {"p": 0.5}})
+    assert isinstance(sat.get_mixin("mixout"), MixoutMixin) and not list(sat.get_mixin("mixout").state_dict())
+    with torch.no_grad():
+        for parameter in sat.transformer.parameters():
+            parameter.add_(0.05)  # move away from the snapshot, so mixing in pretrained weights shows
+        moved = sat.eval().encode(ids, mask)
+        assert (moved - plain).abs().max() > 1e-3
+        sat.train()
+        first, second = sat.encode(ids, mask), sat.encode(ids, mask)
+    assert (first - second).abs().max() > 1e-3 and (first - moved).abs().max() > 1e-3
+
+
+def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
+    from sat_ehft.mixins.child_tuning import fisher_information, install_gradient_masks, top_fraction_masks
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    names = [n for n, _ in model.named_parameters()]
+    data = [(torch.randn(4, 8), torch.randn(4, 1)) for _ in range(5)]
+    fisher = fisher_information(model, names, ((model(x) - y).pow(2).mean() for x, y in data))
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in data:  # the same sum of squared gradients, computed independently
+        grads = torch.autograd.grad((model(x) - y).pow(2).mean(), list(model.parameters()))
+        for n, g in zip(names, grads):
+            expected[n] += g ** 2
+    assert all(torch.allclose(fisher[n], expected[n]) for n in names)
+    total = sum(p.numel() for p in model.parameters())
+    for keep in (0.1, 0.3, 1.0):
+        masks = top_fraction_masks(fisher, keep)
+        assert sum(int(m.sum()) for m in masks.values()) == round(keep * total)
+    masks = top_fraction_masks(fisher, 0.3)
+    smallest_kept = min(fisher[n][m].min() for n, m in masks.items() if m.any())
+    assert all((fisher[n][~m] <= smallest_kept).all() for n, m in masks.items())
+    install_gradient_masks(model, masks)
+    x, y = data[0]
+    (model(x) - y).pow(2).mean().backward()
+    assert all(((p.grad != 0) <= masks[n]).all() for n, p in model.named_parameters())

@@ -7,6 +7,7 @@ import torch
 
 from sat_ehft.backbone import load_backbone
 from sat_ehft.config import Config
+from sat_ehft.methods import get_method
 from sat_ehft.pipeline import RunSpec, load_carried, prepare_stage, run
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lora_r=2,
@@ -18,10 +19,10 @@ def spec_for(method, tiny_bert, rte_dir, **changes):
                    config=Config(**{**CONFIG.__dict__, **changes}))
 
 
-@pytest.mark.parametrize("method", ["ft", "lp-ft", "ehft-bitfit", "ehft-lora", "ehft-prefix"])
+@pytest.mark.parametrize("method", ["ft", "lp-ft", "ehft-bitfit", "ehft-lora", "ehft-prefix", "mixout", "child-tuning-d"])
 def test_methods_run_end_to_end(tmp_path, tiny_bert, rte_dir, method):
     result = run(spec_for(method, tiny_bert, rte_dir), tmp_path / "run", log=lambda line: None)
-    stages = ["train"] if method == "ft" else ["stage1", "stage2"]
+    stages = [stage.name for stage in get_method(method).stages]
     assert list(result["stages"]) == stages and result["seed"] == 3 and result["metric"] == "accuracy"
     final = [json.loads(line) for line in (tmp_path / "run" / stages[-1] / "metrics.jsonl").read_text().splitlines()]
     assert result["last"] == final[-1]["accuracy"] and result["best"] == max(r["accuracy"] for r in final)
@@ -109,3 +110,17 @@ def test_saved_classifier_loads_back_with_sat_automodel(tmp_path, tiny_bert, rte
     with torch.no_grad():
         scores = model.eval().encode(**model_inputs(batch))
     assert scores.shape == (4, 1)
+
+
+def test_child_tuning_stage_updates_only_its_child_network(tmp_path, tiny_bert, rte_dir):
+    from sat_ehft.batching import collate, model_inputs
+    from sat_ehft.objective import loss
+
+    ready = prepare_stage(spec_for("child-tuning-d", tiny_bert, rte_dir, child_tuning_keep=0.2), tmp_path, 0)
+    batch = collate(ready.train[:8], ready.tokenizer.pad_token_id)
+    loss(ready.model.encode(**model_inputs(batch)), batch["labels"], "binary").backward()
+    backbone = [(n, p) for n, p in ready.model.named_parameters() if not n.startswith("mixins.")]
+    moving = sum(int((p.grad != 0).sum()) for _, p in backbone)
+    assert 0 < moving <= round(0.2 * sum(p.numel() for _, p in backbone))
+    head = ready.model.get_mixin("head").dense.weight.grad
+    assert (head != 0).float().mean() > 0.3  # the head is never masked (only ReLU-dead units have no gradient)

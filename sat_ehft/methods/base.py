@@ -23,8 +23,12 @@ def prefix_spec(config, model_config):
             "head_size": model_config["hidden_size"] // heads, "prefix_len": config.prefix_len}
 
 
-# PET mixin name -> its constructor kwargs (a spec, see sat_ehft.mixins.attach) for a config and backbone.
-PET_MIXINS = {"lora": lora_spec, "prefix": prefix_spec}
+def mixout_spec(config, model_config):
+    return {"p": config.mixout_p}
+
+
+# Method mixin name -> its constructor kwargs (a spec, see sat_ehft.mixins.attach) for a config and backbone.
+PET_MIXINS = {"lora": lora_spec, "prefix": prefix_spec, "mixout": mixout_spec}
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Stage:
     lr: str = "ft"  # "ft": config.lr; otherwise a key of config.stage1_lr
     mixins: tuple = ()  # PET mixins present in this stage, keys of PET_MIXINS
     carries: tuple = ()  # what this stage takes over from the previous one: "head", "bias", "lora", "prefix"
+    fisher_mask: bool = False  # Child-Tuning_D: only the backbone entries of highest Fisher information train
 
     def __post_init__(self):
         if self.trains not in POLICIES:
@@ -57,7 +62,7 @@ class Stage:
             return set(names)
         if self.trains == "bias":
             return head | set(bias_names(model))
-        if self.trains in PET_MIXINS:
+        if self.trains in ("lora", "prefix"):
             return head | {n for n in names if n.startswith(f"mixins.{self.trains}.")}
         if self.trains == "topk":
             return head | top_layer_names(names, len(model.transformer.layers), config.top_k)

@@ -1,8 +1,8 @@
 """LoRA (Hu et al., 2021) on SAT attention: W x + (alpha / r) * B A x on chosen projections.
 
-Implemented as an `attention_forward` hook rather than by swapping Linear layers (SAT's lora2 swaps
-them in place and `del_mixin` cannot undo it), so removing the mixin restores the plain model.
-The attention kernel itself stays pluggable through the `attention_fn` hook.
+Implemented as an `attention_forward` hook (see projections.py) rather than by swapping Linear layers
+(SAT's lora2 swaps them in place and `del_mixin` cannot undo it), so removing the mixin restores the
+plain model. The attention kernel itself stays pluggable through the `attention_fn` hook.
 """
 
 import math
@@ -10,7 +10,8 @@ import math
 import torch
 from sat.model.base_model import BaseMixin
 from sat.mpu.utils import split_tensor_along_last_dim
-from sat.transformer_defaults import attention_fn_default
+
+from sat_ehft.mixins.projections import attention_forward
 
 LORA_TARGETS = ("query", "key", "value", "dense")  # dense = the attention output projection
 
@@ -38,16 +39,13 @@ class LoRAMixin(BaseMixin):
         params = self.layers[layer_id]
         return self.dropout(x) @ params[f"{target}_A"].t() @ params[f"{target}_B"].t() * self.scaling
 
+    def project(self, layer_id, name, linear, x):
+        output = linear(x)
+        if name == "query_key_value":
+            parts = split_tensor_along_last_dim(output, 3)
+            return torch.cat([part + self.delta(layer_id, target, x)
+                              for part, target in zip(parts, ("query", "key", "value"))], dim=-1)
+        return output + self.delta(layer_id, name, x)
+
     def attention_forward(self, hidden_states, mask, **kw_args):
-        layer_id = int(kw_args["layer_id"])
-        attention = self.transformer.layers[layer_id].attention
-        query, key, value = split_tensor_along_last_dim(attention.query_key_value(hidden_states), 3)
-        query = attention._transpose_for_scores(query + self.delta(layer_id, "query", hidden_states))
-        key = attention._transpose_for_scores(key + self.delta(layer_id, "key", hidden_states))
-        value = attention._transpose_for_scores(value + self.delta(layer_id, "value", hidden_states))
-        attention_fn = self.transformer.hooks.get("attention_fn", attention_fn_default)
-        dropout = attention.attention_dropout if attention.training else None
-        context = attention_fn(query, key, value, mask, dropout, **kw_args)
-        context = context.permute(0, 2, 1, 3).flatten(2)
-        output = attention.dense(context) + self.delta(layer_id, "dense", context)
-        return attention.output_dropout(output) if attention.training else output
+        return attention_forward(self.transformer, self.project, hidden_states, mask, **kw_args)

@@ -1,0 +1,39 @@
+"""Child-Tuning_D (Xu et al., 2021): only a "child network" of the backbone is updated, chosen as the
+fraction `keep` of backbone parameter entries with the largest Fisher information (sum of squared
+gradients of the loss over the training set). No forward change: the other entries' gradients are
+zeroed by hooks, as the official ChildTuningAdamW masks them; the head is never masked.
+"""
+
+import torch
+
+
+def fisher_information(model, names, losses):
+    """{name: summed squared gradient} over the losses yielded by `losses` (one per training batch)."""
+    params = dict(model.named_parameters())
+    fisher = {name: torch.zeros_like(params[name]) for name in names}
+    for loss in losses:
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        for name in names:
+            if params[name].grad is not None:
+                fisher[name] += params[name].grad.detach() ** 2
+    model.zero_grad(set_to_none=True)
+    return fisher
+
+
+def top_fraction_masks(fisher, keep):
+    """Boolean masks selecting the `keep` fraction of all entries with the largest Fisher information."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"child-tuning keep fraction {keep} must lie in (0, 1]")
+    scores = torch.cat([f.flatten().float() for f in fisher.values()])
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    chosen[torch.topk(scores, max(1, round(keep * scores.numel())), sorted=False).indices] = True  # exact count,
+    parts = chosen.split([f.numel() for f in fisher.values()])  # even where many entries tie (e.g. at zero)
+    return {name: part.view_as(f) for (name, f), part in zip(fisher.items(), parts)}
+
+
+def install_gradient_masks(model, masks):
+    """Zero the gradients outside each mask from now on; returns the hook handles."""
+    params = dict(model.named_parameters())
+    return [params[name].register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype))
+            for name, mask in masks.items()]
