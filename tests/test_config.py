@@ -14,9 +14,21 @@ from sat_ehft.tasks import TASKS
 EPOCHS = {"rte": 60, "mrpc": 60, "boolq": 40, "wic": 40, "cb": 400, "copa": 400, "qnli": 10, "cola": 20, "sts-b": 20}
 
 
+PAPER_KEYS = {"epochs", "batch_size", "lr"}  # what every task config must set itself
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)  # an unknown key or an ill-typed value fails here
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_config_loads_with_the_paper_setup(task):
-    config = load_config(REPO / "configs" / f"{task}.yaml")
+    import yaml
+
+    path = REPO / "configs" / f"{task}.yaml"
+    assert PAPER_KEYS <= set(yaml.safe_load(path.read_text())), f"{path} must set {sorted(PAPER_KEYS)}"
+    config = load_config(path)
     assert config.epochs == EPOCHS[task] and config.batch_size == 32
     assert config.lr == (3e-5 if task == "wic" else 1e-5)
 

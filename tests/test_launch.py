@@ -64,3 +64,36 @@ def test_two_processes_under_the_deepspeed_launcher_match_one(tmp_path, rte_dir,
     assert len(single) == len(parallel) == 8  # 32 rows / global batch 8, 2 epochs
     assert max(abs(a - b) for a, b in zip(single, parallel)) < 1e-4
     assert single[0] != single[-1]
+
+
+def test_run_killed_in_stage2_resumes_and_ends_as_an_uninterrupted_run(tmp_path, tiny_bert, shared_data):
+    import signal
+    import time
+
+    import torch
+
+    def command(out):
+        return [sys.executable, "-m", "sat_ehft", "train", "--task", "rte", "--method", "ehft-bitfit", "--model",
+                str(tiny_bert), "--data-dir", str(shared_data), "--seed", "7", "--out", str(out),
+                "--config", str(REPO / "configs" / "rte.yaml"),
+                *[arg for pair in ("epochs=6", "max_length=64", "lr=1e-3") for arg in ("--set", pair)]]
+
+    whole = subprocess.run(command(tmp_path / "whole"), cwd=REPO, env=launch_env(), capture_output=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    victim = subprocess.Popen(command(tmp_path / "cut"), cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    latest = tmp_path / "cut" / "stage2" / "checkpoint" / "latest"
+    deadline = time.monotonic() + 300
+    while not (latest.is_file() and latest.read_text().strip() == "epoch2") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "cut" / "stage2" / "done.json").exists()  # really killed mid-stage 2
+    resumed = subprocess.run(command(tmp_path / "cut"), cwd=REPO, env=launch_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage1: already finished, skipped" in resumed.stdout
+    for name in ("metrics.jsonl", "train_loss.jsonl"):
+        assert (tmp_path / "cut" / "stage2" / name).read_text() == (tmp_path / "whole" / "stage2" / name).read_text()
+    cut, ref = (torch.load(tmp_path / run / "stage2" / "trained.pt", weights_only=True)["tensors"] for run in ("cut", "whole"))
+    assert all(torch.equal(cut[n], ref[n]) for n in ref)

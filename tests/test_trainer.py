@@ -105,3 +105,19 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_
     assert (checkpoints / "latest").read_text().strip() == "epoch1"
     saved = torch.load(checkpoints / "epoch1" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved["module"].values())
+
+
+@pytest.mark.parametrize("precision, zero_stage", [("fp32", 1), ("bf16", 0), ("bf16", 2)])
+def test_precisions_and_zero_stages_train(tmp_path, rte_features, minilm_tokenizer, precision, zero_stage):
+    task, train, dev = rte_features
+    config = Config(**{**CONFIG.__dict__, "precision": precision, "zero_stage": zero_stage})
+    model, trainable = classifier(tmp_path, task, get_method("ehft-lora").stages[0])
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    records = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
+                          pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
+    assert [r["step"] for r in records] == [3, 6]  # micro-batch 4, accumulation 2: 24 rows make 3 steps
+    params = dict(model.named_parameters())
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert {p.dtype for p in params.values()} == {dtype}
+    moved = {n for n in before if not torch.equal(before[n].to(dtype), params[n].detach())}  # frozen: only cast
+    assert moved == trainable
