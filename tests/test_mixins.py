@@ -7,7 +7,7 @@ import torch
 from conftest import padded_batch, tiny_hf_model
 
 from sat_ehft.backbone import load_backbone
-from sat_ehft.mixins import ClassificationHead, LoRAMixin, PrefixTuningMixin, add_head, bias_names, restore, snapshot
+from sat_ehft.mixins import ClassificationHead, LoRAMixin, PrefixTuningMixin, add_head, bias_names
 
 PEFT_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
               "dense": "attention.output.dense"}
@@ -121,19 +121,12 @@ def test_head_replaces_hidden_states_output(tmp_path):
         assert torch.allclose(sat.encode(ids, mask), sat.get_mixin("head").final_forward(hidden), atol=1e-6)
 
 
-def test_bitfit_selects_biases_and_restores_them_exactly(tmp_path):
+def test_bitfit_selects_the_backbone_biases(tmp_path):
     sat = sat_copy(tmp_path, tiny_hf_model("roberta"))
     add_head(sat, ClassificationHead(32, 2))
     names = bias_names(sat)
     expected = {n for n, _ in sat.named_parameters() if n.endswith("bias") and not n.startswith("mixins.")}
     assert set(names) == expected and len(names) == 2 * 6 + 1  # 2 layers x (2 LayerNorms + 4 Linears), final LN
-    saved = snapshot(sat, names)
-    with torch.no_grad():
-        for name, parameter in sat.named_parameters():
-            parameter.add_(1.0)
-    restore(sat, saved)
-    params = dict(sat.named_parameters())
-    assert all(torch.equal(params[n], saved[n]) for n in names)
 
 
 def test_mixout_keeps_the_expectation_of_the_weights():
