@@ -3,6 +3,7 @@
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -53,13 +54,14 @@ def cmd_data(args):
         print("\n".join(split_report(task, split, examples, tokenizer, args.max_length)))
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout's configs/
+
+
 def default_config(task):
     """configs/<task>.yaml of a source checkout, if there is one."""
-    from pathlib import Path
-
     from sat_ehft.tasks import get_task
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{get_task(task).name}.yaml"
+    path = CONFIGS / f"{get_task(task).name}.yaml"
     return path if path.is_file() else None
 
 
@@ -74,6 +76,27 @@ def cmd_train(args):
     if result:
         print(f"{result['task']} {result['method']} seed {result['seed']}: best {result['metric']} "
               f"{result['best']:.4f} (epoch {result['best_epoch']}), last {result['last']:.4f}")
+
+
+def cmd_sweep(args):
+    from sat_ehft.sweep import GridSettings, make_grid, parse_vary, run_grid, write_launchers
+
+    runs = make_grid(args.tasks, args.methods, args.seeds, parse_vary(args.vary))
+    settings = GridSettings(model=args.model, data_dir=args.data_dir, config_dir=args.config_dir, sets=tuple(args.set))
+    if args.launchers:
+        write_launchers(args.out, runs, settings, gpus_per_run=args.gpus_per_run, hostfile=args.hostfile)
+        print(f"wrote {args.out}/commands.txt and slurm.sbatch" + (" and hostfile_launch.sh" if args.hostfile else ""))
+        return
+    failed = run_grid(args.out, runs, settings, workers=args.workers)
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) did not finish; rerun the same command to resume them")
+
+
+def cmd_report(args):
+    from sat_ehft.report import write_report
+
+    rows = write_report(args.out, table=args.table)
+    print(f"wrote {args.out}/report.md and report.csv ({len(rows)} task x method rows)")
 
 
 def build_parser():
@@ -108,6 +131,30 @@ def build_parser():
     train.add_argument("--stage", type=int, help="run only this stage (1-based), as finetune_scripts/ do")
     train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
     train.set_defaults(func=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="run a grid of tasks x methods x seeds (resumable), or write launchers")
+    sweep.add_argument("--tasks", nargs="+", required=True)
+    sweep.add_argument("--methods", nargs="+", required=True)
+    sweep.add_argument("--seeds", nargs="+", type=int, required=True)
+    sweep.add_argument("--model", required=True, help="backbone for every run")
+    sweep.add_argument("--data-dir", required=True, help="official files for every task")
+    sweep.add_argument("--out", required=True, help="grid folder: OUT/<task>/<method>/seed<N>/")
+    sweep.add_argument("--config-dir", default=str(CONFIGS),
+                       help="folder with a <task>.yaml per task (default: this checkout's configs/)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                       help="add a grid dimension over a config key (e.g. lora_r=8,16,32)")
+    sweep.add_argument("--workers", type=int, help="runs at once (default: one per visible GPU, else 1)")
+    sweep.add_argument("--launchers", action="store_true",
+                       help="write commands.txt, slurm.sbatch (and hostfile_launch.sh) instead of running")
+    sweep.add_argument("--gpus-per-run", type=int, default=1, help="with --launchers: GPUs per run")
+    sweep.add_argument("--hostfile", help="with --launchers: DeepSpeed hostfile for hostfile_launch.sh")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = commands.add_parser("report", help="report.md and report.csv of a grid folder")
+    report.add_argument("out", help="grid folder written by sat-ehft sweep (or any folder of run folders)")
+    report.add_argument("--table", default="1", choices=["1", "2", "3", "4"], help="the paper's table to compare with")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

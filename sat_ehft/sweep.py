@@ -1,0 +1,152 @@
+"""Grids of runs: every (task, method, variant, seed), each in its own run folder and its own process.
+
+`run_grid` keeps `workers` runs going at once (one per GPU by default, pinned with
+CUDA_VISIBLE_DEVICES), skips runs whose result.json exists, and goes on past a run that fails or is
+killed: calling it again resumes that run where its last checkpoint left it. For clusters,
+`write_launchers` writes the same grid as a Slurm job array and as DeepSpeed hostfile launches rather
+than inventing a scheduler.
+"""
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sat_ehft.atomic import write_json, write_text
+
+
+@dataclass(frozen=True)
+class GridRun:
+    task: str
+    method: str
+    seed: int
+    variant: tuple = ()  # ((config key, value), ...) varied on top of the task config
+
+    @property
+    def label(self):
+        """How reports name it: the method, then any varied keys ("ehft-lora lora_r=8")."""
+        return " ".join([self.method, *(f"{k}={v}" for k, v in self.variant)])
+
+    def folder(self, out):
+        return Path(out) / self.task / self.label.replace(" ", "__") / f"seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    model: str  # backbone for every run
+    data_dir: str  # official files for every task
+    config_dir: str  # holds <task>.yaml for every task
+    sets: tuple = ()  # key=value overrides for every run
+
+    def train_args(self, run, out):
+        config = Path(self.config_dir) / f"{run.task}.yaml"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: missing; --config-dir needs a <task>.yaml for every task")
+        pairs = [*self.sets, *(f"{k}={v}" for k, v in run.variant)]
+        return ["train", "--task", run.task, "--method", run.method, "--model", self.model,
+                "--data-dir", self.data_dir, "--seed", str(run.seed), "--out", str(run.folder(out)),
+                "--config", str(config), *(a for pair in pairs for a in ("--set", pair))]
+
+
+def parse_vary(pairs):
+    """['lora_r=8,16'] -> {'lora_r': ['8', '16']}."""
+    vary = {}
+    for pair in pairs:
+        key, sep, values = pair.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--vary {pair!r}: expected key=value1,value2,...")
+        vary[key] = values.split(",")
+    return vary
+
+
+def make_grid(tasks, methods, seeds, vary=None):
+    from sat_ehft.methods import get_method
+    from sat_ehft.tasks import get_task
+
+    tasks = [get_task(t).name for t in tasks]
+    methods = [get_method(m).name for m in methods]
+    keys = sorted(vary or {})
+    variants = [tuple(zip(keys, values)) for values in itertools.product(*(vary[k] for k in keys))]
+    return [GridRun(t, m, s, v) for t, m, v, s in itertools.product(tasks, methods, variants, seeds)]
+
+
+def is_finished(run, out):
+    return (run.folder(out) / "result.json").is_file()
+
+
+def write_grid(out, runs, settings):
+    """grid.json: what the grid holds, so that reports can name the runs still missing."""
+    write_json(Path(out) / "grid.json", {"settings": settings.__dict__, "runs": [r.__dict__ for r in runs]})
+
+
+def read_grid(out):
+    path = Path(out) / "grid.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [GridRun(r["task"], r["method"], r["seed"], tuple(map(tuple, r["variant"]))) for r in data["runs"]]
+
+
+def _run_one(run, out, settings, device, log):
+    folder = run.folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
+    with open(folder / "sweep.log", "a", encoding="utf-8") as output:
+        code = subprocess.call([sys.executable, "-m", "sat_ehft", *settings.train_args(run, out)],
+                               stdout=output, stderr=subprocess.STDOUT, env=env)
+    outcome = "finished" if code == 0 else f"FAILED (exit {code}, see {folder / 'sweep.log'})"
+    log(f"{outcome}: {run.task} {run.label} seed {run.seed}")
+    return code == 0
+
+
+def run_grid(out, runs, settings, workers=None, devices=None, log=print):
+    """Run every unfinished run, `workers` at a time; returns the runs that did not finish."""
+    write_grid(out, runs, settings)
+    pending = [r for r in runs if not is_finished(r, out)]
+    log(f"{len(runs) - len(pending)} of {len(runs)} runs already finished; {len(pending)} to go")
+    devices = devices if devices is not None else visible_gpus()
+    workers = workers or max(1, len(devices))
+    slots = [devices[i % len(devices)] if devices else None for i in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_run_one, run, out, settings, slots[i % workers], log) for i, run in enumerate(pending)]
+        results = [f.result() for f in futures]
+    return [run for run, ok in zip(pending, results) if not ok]
+
+
+def visible_gpus():
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except ImportError:
+        return []
+
+
+def write_launchers(out, runs, settings, gpus_per_run=1, hostfile=None):
+    """commands.txt (one `sat-ehft train` line per run), slurm.sbatch (a job array over those lines) and,
+    given a DeepSpeed hostfile, hostfile_launch.sh (each run as one launch over all hosts)."""
+    out = Path(out)
+    write_grid(out, runs, settings)
+    lines = [shlex.join(["deepspeed", "--num_gpus", str(gpus_per_run), "--no_local_rank", "--module", "sat_ehft",
+                         *settings.train_args(run, out.resolve())]) for run in runs]
+    write_text(out / "commands.txt", "\n".join(lines) + "\n")
+    write_text(out / "slurm.sbatch", "\n".join([
+        "#!/usr/bin/env bash",
+        f"#SBATCH --array=0-{len(runs) - 1}",
+        f"#SBATCH --gres=gpu:{gpus_per_run}",
+        "#SBATCH --output=slurm-%A_%a.out",
+        "# One array task per run; finished runs return at once, killed ones resume. Submit: sbatch slurm.sbatch",
+        f'eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str((out / "commands.txt").resolve()))})"',
+    ]) + "\n")
+    if hostfile:
+        launches = [shlex.join(["deepspeed", "--hostfile", str(hostfile), "--no_local_rank", "--module", "sat_ehft",
+                                *settings.train_args(run, out.resolve())]) for run in runs]
+        write_text(out / "hostfile_launch.sh", "#!/usr/bin/env bash\n# Each run uses every host of the hostfile.\n"
+                   "set -e\n" + "\n".join(launches) + "\n")
