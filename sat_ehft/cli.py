@@ -99,6 +99,18 @@ def cmd_report(args):
     print(f"wrote {args.out}/report.md and report.csv ({len(rows)} task x method rows)")
 
 
+def cmd_analyze(args):
+    from sat_ehft.analyze import FIGURES
+
+    runs = []
+    for folder in map(Path, args.runs):  # a run folder, or a grid folder holding run folders
+        runs += [folder] if (folder / "run.json").is_file() else sorted(p.parent for p in folder.rglob("run.json"))
+    if not runs:
+        raise FileNotFoundError(f"no run folders (with run.json) in {' '.join(args.runs)}")
+    FIGURES[args.figure](runs, args.out)
+    print(f"wrote {args.out}: figure {args.figure} (PNG and JSON)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +167,13 @@ def build_parser():
     report.add_argument("out", help="grid folder written by sat-ehft sweep (or any folder of run folders)")
     report.add_argument("--table", default="1", choices=["1", "2", "3", "4"], help="the paper's table to compare with")
     report.set_defaults(func=cmd_report)
+
+    analyze = commands.add_parser("analyze", help="a figure of the paper from run folders (PNG + JSON)")
+    analyze.add_argument("figure", choices=["1", "4", "5", "6", "7"],
+                         help="1 feature change, 4 t-SNE of the head, 5 weight distance, 6 Stage-1 share, 7 loss")
+    analyze.add_argument("runs", nargs="+", help="run folders (sat-ehft train --out ...) or grid folders holding them")
+    analyze.add_argument("--out", required=True, help="folder for figureN_*.png and .json")
+    analyze.set_defaults(func=cmd_analyze)
     return parser
 
 

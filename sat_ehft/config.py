@@ -65,6 +65,8 @@ class Config:
     """Examples per forward pass when evaluating."""
     save_model: bool = False
     """Also write the final classifier as a SAT checkpoint folder RUN/model (large for RoBERTa-large)."""
+    track_weight_distance: bool = False
+    """Log the backbone's L2 distance from its pretrained weights after every epoch (Figure 5; keeps a copy)."""
 
     def __post_init__(self):
         checks = [

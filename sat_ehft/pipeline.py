@@ -29,13 +29,13 @@ import torch
 import torch.distributed as dist
 
 from sat_ehft import objective
-from sat_ehft.atomic import atomic_dir, atomic_path, write_json
+from sat_ehft.atomic import atomic_dir, atomic_path, write_json, write_text
 from sat_ehft.backbone import load_backbone
 from sat_ehft.batching import collate, model_inputs
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import write_sat_checkpoint
 from sat_ehft.methods import get_method
-from sat_ehft.mixins import bias_names
+from sat_ehft.mixins import bias_names, is_backbone_parameter
 from sat_ehft.mixins.child_tuning import fisher_information, install_gradient_masks, top_fraction_masks
 from sat_ehft.tasks import encode_examples, get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
@@ -177,7 +177,7 @@ def prepare_stage(spec, out, index):
 def mask_to_child_network(model, task, features, config, pad_id):
     """Child-Tuning_D: from now on only the backbone entries of highest Fisher information get gradients.
     Fisher is measured in eval mode (no dropout), so every data-parallel rank picks the same entries."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("mixins.")]
+    names = [n for n, p in model.named_parameters() if p.requires_grad and is_backbone_parameter(n)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
 
@@ -192,6 +192,28 @@ def mask_to_child_network(model, task, features, config, pad_id):
     return masks
 
 
+def backbone_distance(model, reference):
+    """L2 norm of (backbone parameters - reference), over the parameters named in `reference`."""
+    params = dict(model.named_parameters())
+    return sum(float((params[n].detach().float() - ref).pow(2).sum()) for n, ref in reference.items()) ** 0.5
+
+
+class WeightDistanceLog:
+    """Figure 5: after every epoch, the backbone's L2 distance from where the stage started (the
+    pretrained weights), in STAGE/weight_distance.jsonl."""
+
+    def __init__(self, model, folder):
+        self.path = Path(folder) / "weight_distance.jsonl"
+        self.start = {n: p.detach().float().clone() for n, p in model.named_parameters() if is_backbone_parameter(n)}
+        self.rows = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+
+    def __call__(self, model, record):
+        self.rows = [r for r in self.rows if r["epoch"] < record["epoch"]]
+        self.rows.append({"epoch": record["epoch"], "step": record["step"],
+                          "distance": backbone_distance(model, self.start)})
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
 def run_stage(spec, out, index):
     """Run stage `index` (0-based) of the method; return its done.json content."""
     task, method = get_task(spec.task), get_method(spec.method)
@@ -201,8 +223,9 @@ def run_stage(spec, out, index):
     ready = prepare_stage(spec, out, index)
     budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
     files = StageFiles(folder)
+    callbacks = [WeightDistanceLog(ready.model, folder)] if spec.config.track_weight_distance and is_main() else []
     records = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev, spec.config, budget,
-                          seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files)
+                          seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=callbacks)
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable),
             "seconds": round(time.time() - started, 2), **summarize(task, records)}
     if is_main():
@@ -213,6 +236,31 @@ def run_stage(spec, out, index):
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     barrier()
     return done
+
+
+def read_run(out):
+    """The RunSpec recorded in a run folder's run.json."""
+    from sat_ehft.config import load_config
+
+    recorded = json.loads((Path(out) / "run.json").read_text(encoding="utf-8"))
+    return RunSpec(task=recorded["task"], method=recorded["method"], model=recorded["model"],
+                   data_dir=recorded["data_dir"], seed=recorded["seed"], config=load_config(overrides=recorded["config"]))
+
+
+def rebuild_stage_model(out, stage_name):
+    """The model as a finished stage left it: the pretrained backbone, that stage's head and mixins, and
+    every tensor the stage trained (from its trained.pt). Returns (backbone, model, spec)."""
+    spec = read_run(out)
+    method, task = get_method(spec.method), get_task(spec.task)
+    stage = next(s for s in method.stages if s.name == stage_name)
+    backbone = load_backbone(spec.model)
+    model, _ = build_classifier(backbone, task, stage, spec.config)
+    trained = torch.load(Path(out) / stage_name / "trained.pt", map_location="cpu", weights_only=True)["tensors"]
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in trained.items():
+            params[name].copy_(value)
+    return backbone, model.eval(), spec
 
 
 def stage_done(out, stage):

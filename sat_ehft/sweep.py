@@ -20,6 +20,9 @@ from pathlib import Path
 from sat_ehft.atomic import write_json, write_text
 
 
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 @dataclass(frozen=True)
 class GridRun:
     task: str
@@ -80,8 +83,11 @@ def is_finished(run, out):
 
 
 def write_grid(out, runs, settings):
-    """grid.json: what the grid holds, so that reports can name the runs still missing."""
-    write_json(Path(out) / "grid.json", {"settings": settings.__dict__, "runs": [r.__dict__ for r in runs]})
+    """grid.json: every run swept into `out` so far (several sweeps may share a folder), so that reports
+    can name the runs still missing."""
+    known = read_grid(out) or []
+    merged = known + [r for r in runs if r not in known]
+    write_json(Path(out) / "grid.json", {"settings": settings.__dict__, "runs": [r.__dict__ for r in merged]})
 
 
 def read_grid(out):
@@ -95,7 +101,8 @@ def read_grid(out):
 def _run_one(run, out, settings, device, log):
     folder = run.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    # Each run is its own process group: no rendezvous settings of this process may leak into it.
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(device)
     with open(folder / "sweep.log", "a", encoding="utf-8") as output:

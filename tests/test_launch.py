@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import REPO, tiny_bert_folder
 
+from sat_ehft.sweep import LAUNCH_VARIABLES
+
 SMALL = "epochs=2 batch_size=8 micro_batch_size=8 eval_batch_size=32 max_length=64 lr=1e-3"
 
 
@@ -19,10 +21,9 @@ def free_port():
 
 
 def launch_env(**extra):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)  # this pytest process's own one-rank group must not leak into the launches
-    return env
+    """This pytest process's environment without its own one-rank group's rendezvous settings."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
 
 
 def test_ehft_rte_script_runs_both_stages_and_skips_them_when_rerun(tmp_path, tiny_bert, rte_dir):

@@ -5,7 +5,7 @@ A model's mixins are described by specs, {name: constructor kwargs}, stored in m
 `AutoModel.from_pretrained` as well as by our own loader.
 """
 
-from sat_ehft.mixins.bitfit import bias_names
+from sat_ehft.mixins.bitfit import bias_names, is_backbone_parameter
 from sat_ehft.mixins.head import HEAD_NAME, ClassificationHead, add_head, add_mixin
 from sat_ehft.mixins.lora import LORA_TARGETS, LoRAMixin
 from sat_ehft.mixins.mixout import MixoutMixin
@@ -26,4 +26,4 @@ def attach(model, specs):
 
 
 __all__ = ["HEAD_NAME", "LORA_TARGETS", "MIXIN_CLASSES", "ClassificationHead", "LoRAMixin", "MixoutMixin", "PrefixTuningMixin",
-           "add_head", "add_mixin", "attach", "bias_names"]
+           "add_head", "add_mixin", "attach", "bias_names", "is_backbone_parameter"]

@@ -2,7 +2,15 @@
 method selects the bias parameters. EH-FT gets the pretrained biases back exactly by starting Stage 2
 from the pretrained backbone loaded afresh (see pipeline.prepare_stage)."""
 
+# SAT keeps BERT's token-type embedding in a mixin, but it belongs to the pretrained backbone.
+BACKBONE_MIXINS = ("mixins.bert-type.",)
 
-def bias_names(model, exclude_prefixes=("mixins.",)):
-    """Names of the backbone's bias parameters (LayerNorm biases included), mixins excluded."""
-    return [n for n, _ in model.named_parameters() if n.endswith(".bias") and not n.startswith(exclude_prefixes)]
+
+def is_backbone_parameter(name):
+    """True for the pretrained backbone's parameters; False for the head's and the PET modules'."""
+    return not name.startswith("mixins.") or name.startswith(BACKBONE_MIXINS)
+
+
+def bias_names(model):
+    """Names of the backbone's bias parameters (LayerNorm biases included)."""
+    return [n for n, _ in model.named_parameters() if n.endswith(".bias") and is_backbone_parameter(n)]

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Figure 1: feature change on RTE's training set after each method. Writes $RUNS/figure1/figure1_feature_change.*
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+sweep --tasks rte --methods ft lp prefix lora bitfit lp-ft ehft-prefix ehft-bitfit --out "$RUNS/figure1"
+sat-ehft analyze 1 "$RUNS/figure1" --out "$RUNS/figure1"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Figure 5: the backbone's L2 distance from the pretrained weights along training on RTE, FT against EH-FT(BitFit).
+set -euo pipefail
+SEEDS=${SEEDS:-1 2 3}
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+sweep --tasks rte --methods ft ehft-bitfit --set track_weight_distance=true --out "$RUNS/figure5"
+sat-ehft analyze 5 "$RUNS/figure5" --out "$RUNS/figure5"

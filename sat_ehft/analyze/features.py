@@ -1,0 +1,38 @@
+"""Features of rebuilt models: the head's input (the backbone's pooled final-layer output, Figure 1)
+and the head's 2048-d hidden layer (Figure 4)."""
+
+import torch
+
+from sat_ehft.batching import collate, model_inputs
+from sat_ehft.tasks import encode_examples, get_task
+
+
+def encoded(spec, tokenizer, split):
+    task = get_task(spec.task)
+    examples = task.read(spec.data_dir, split) if spec.data_dir else task.read_hub(split)
+    return task, encode_examples(task, examples, tokenizer, spec.config.max_length)
+
+
+@torch.no_grad()
+def head_inputs_and_hidden(model, features, pad_id, batch_size=64):
+    """(pooled backbone features [n, d], head hidden layer [n, 2048], labels [n]) of `model` (which has a head)."""
+    head = model.get_mixin("head")
+    captured = {}
+    hook = model.transformer.final_layernorm.register_forward_hook(lambda m, i, out: captured.update(hidden=out))
+    pooled, hidden, labels = [], [], []
+    try:
+        for start in range(0, len(features), batch_size):
+            batch = collate(features[start:start + batch_size], pad_id)
+            model.encode(**model_inputs(batch))
+            inputs = head.pool(captured["hidden"], batch.get("spans"))
+            pooled.append(inputs)
+            hidden.append(torch.relu(head.dense(inputs)))
+            labels.append(batch["labels"])
+    finally:
+        hook.remove()
+    return torch.cat(pooled), torch.cat(hidden), torch.cat(labels)
+
+
+def feature_change(before, after):
+    """Mean over examples of the L2 distance between two feature matrices."""
+    return float((after - before).norm(dim=-1).mean())

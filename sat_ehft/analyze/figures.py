@@ -1,0 +1,200 @@
+"""One function per figure: read run folders, compute, write FIGURE.png and FIGURE.json into `out`."""
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from sat_ehft.atomic import atomic_path, write_json
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def _label(run):
+    from sat_ehft.pipeline import read_run
+
+    return read_run(run).method
+
+
+def _save(out, name, data, draw):
+    """Write NAME.json (the numbers) and NAME.png (drawn by `draw(axes_or_figure)`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    write_json(out / f"{name}.json", data)
+    figure = draw(plt)
+    with atomic_path(out / f"{name}.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return data
+
+
+def _final_stage(run):
+    from sat_ehft.methods import get_method
+    from sat_ehft.pipeline import read_run
+
+    return get_method(read_run(run).method).stages[-1].name
+
+
+def feature_change(runs, out, stage=None):
+    """Figure 1: L2 distance between the head's input features on the training set, pretrained backbone vs
+    the backbone each run left (its final stage, or `stage`), averaged over examples and over seeds."""
+    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
+    from sat_ehft.analyze.features import feature_change as distance
+    from sat_ehft.pipeline import rebuild_stage_model
+
+    per_run = {}
+    for run in runs:
+        backbone, model, spec = rebuild_stage_model(run, stage or _final_stage(run))
+        tokenizer = backbone.load_tokenizer()
+        _, features = encoded(spec, tokenizer, "train")
+        after, _, _ = head_inputs_and_hidden(model, features, tokenizer.pad_token_id)
+        _strip_to_pretrained(model, backbone)
+        before, _, _ = head_inputs_and_hidden(model, features, tokenizer.pad_token_id)
+        per_run[str(run)] = {"method": spec.method, "task": spec.task, "distance": distance(before, after)}
+    by_method = defaultdict(list)
+    for entry in per_run.values():
+        by_method[entry["method"]].append(entry["distance"])
+    data = {"runs": per_run, "mean_by_method": {m: float(np.mean(v)) for m, v in sorted(by_method.items())}}
+
+    def draw(plt):
+        figure, axes = plt.subplots(figsize=(6, 3))
+        names = list(data["mean_by_method"])
+        axes.barh(names, [data["mean_by_method"][n] for n in names])
+        axes.set_xlabel("L2 distance of training-set features (pretrained vs finetuned)")
+        return figure
+
+    return _save(out, "figure1_feature_change", data, draw)
+
+
+def _strip_to_pretrained(model, backbone):
+    """Turn a rebuilt model back into the pretrained backbone: pretrained weights, no PET mixins (the head
+    stays, it only pools)."""
+    from sat_ehft.backbone import load_sat_folder
+    from sat_ehft.methods import PET_MIXINS
+
+    pretrained = load_sat_folder(backbone.folder).model.state_dict()
+    for name in [n for n in model.mixins if n in PET_MIXINS]:
+        model.del_mixin(name)
+    model.load_state_dict({**model.state_dict(), **pretrained})
+
+
+def tsne(runs, out, stage="stage1", seed=0):
+    """Figure 4: t-SNE of the head's 2048-d hidden layer where Stage 2 starts (pretrained backbone + the head
+    `stage` trained), on train and dev, coloured by label. A run of a one-stage method shows its fresh head."""
+    from sklearn.manifold import TSNE
+
+    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
+    from sat_ehft.pipeline import prepare_stage, read_run, rebuild_stage_model
+
+    data = {}
+    for run in runs:
+        if (Path(run) / stage / "trained.pt").is_file():
+            backbone, model, spec = rebuild_stage_model(run, stage)
+            stage_name = stage
+            _strip_to_pretrained(model, backbone)
+        else:  # a one-stage method: the fresh head its run started from
+            spec, stage_name = read_run(run), "random head"
+            start = prepare_stage(spec, run, 0)
+            backbone, model = start.backbone, start.model.eval()
+        tokenizer = backbone.load_tokenizer()
+        entry = {"method": spec.method, "stage": stage_name}
+        for split in ("train", "dev"):
+            _, features = encoded(spec, tokenizer, split)
+            _, hidden, labels = head_inputs_and_hidden(model, features, tokenizer.pad_token_id)
+            points = TSNE(n_components=2, random_state=seed, perplexity=min(30, len(features) - 1),
+                          init="pca").fit_transform(hidden.numpy())
+            entry[split] = {"x": points[:, 0].tolist(), "y": points[:, 1].tolist(), "label": labels.tolist()}
+        data[str(run)] = entry
+
+    def draw(plt):
+        figure, axes = plt.subplots(2, len(data), figsize=(3.2 * len(data), 6), squeeze=False)
+        for column, entry in enumerate(data.values()):
+            for row, split in enumerate(("train", "dev")):
+                points = entry[split]
+                axes[row][column].scatter(points["x"], points["y"], c=points["label"], s=6, cmap="tab10")
+                axes[row][column].set_title(f"{entry['method']} ({split})", fontsize=9)
+        return figure
+
+    return _save(out, "figure4_tsne", data, draw)
+
+
+def weight_distance(runs, out):
+    """Figure 5: the backbone's L2 distance from the pretrained weights along training (runs trained with
+    track_weight_distance), FT against EH-FT's Stage 2, one curve per run."""
+    data = {}
+    for run in runs:
+        stage = _final_stage(run)
+        rows = _jsonl(Path(run) / stage / "weight_distance.jsonl")
+        data[str(run)] = {"method": _label(run), "stage": stage, "step": [r["step"] for r in rows],
+                          "distance": [r["distance"] for r in rows]}
+
+    def draw(plt):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for entry in data.values():
+            axes.plot(entry["step"], entry["distance"], label=entry["method"])
+        axes.set_xlabel("iteration")
+        axes.set_ylabel("||theta - theta_pretrained||")
+        axes.legend(fontsize=8)
+        return figure
+
+    return _save(out, "figure5_weight_distance", data, draw)
+
+
+def stage1_share(runs, out):
+    """Figure 6: final score against Stage 1's share of the epochs, per task and stage1_mode."""
+    from sat_ehft.pipeline import read_run
+
+    points = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        spec = read_run(run)
+        result = json.loads((Path(run) / "result.json").read_text())
+        points[f"{spec.task} {spec.config.stage1_mode}"][spec.config.stage1_share].append(100 * result["best"])
+    data = {key: {"share": sorted(shares), "best_mean": [float(np.mean(shares[s])) for s in sorted(shares)]}
+            for key, shares in sorted(points.items())}
+
+    def draw(plt):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for key, entry in data.items():
+            axes.plot(entry["share"], entry["best_mean"], marker="o", label=key)
+        axes.set_xlabel("Stage 1 share of the epochs")
+        axes.set_ylabel("dev score (best epoch, mean over seeds)")
+        axes.legend(fontsize=8)
+        return figure
+
+    return _save(out, "figure6_stage1_share", data, draw)
+
+
+def loss_curves(runs, out):
+    """Figure 7: training loss against iterations; EH-FT's Stage 2 is drawn after its Stage 1 iterations."""
+    from sat_ehft.methods import get_method
+
+    data = {}
+    for run in runs:
+        method = _label(run)
+        stages = [s.name for s in get_method(method).stages]
+        offset = 0
+        if len(stages) > 1:
+            offset = _jsonl(Path(run) / stages[0] / "train_loss.jsonl")[-1]["step"]
+        rows = _jsonl(Path(run) / stages[-1] / "train_loss.jsonl")
+        data[str(run)] = {"method": method, "step": [offset + r["step"] for r in rows], "loss": [r["loss"] for r in rows]}
+
+    def draw(plt):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for entry in data.values():
+            axes.plot(entry["step"], entry["loss"], label=entry["method"], linewidth=1)
+        axes.set_xlabel("iteration (Stage 1 included)")
+        axes.set_ylabel("training loss")
+        axes.legend(fontsize=8)
+        return figure
+
+    return _save(out, "figure7_loss", data, draw)
+
+
+FIGURES = {"1": feature_change, "4": tsne, "5": weight_distance, "6": stage1_share, "7": loss_curves}

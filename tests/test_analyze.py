@@ -1,0 +1,74 @@
+"""Every figure command writes its PNG and JSON on tiny runs; the numbers are checked."""
+
+import json
+
+import pytest
+import torch
+
+from sat_ehft.analyze import FIGURES
+from sat_ehft.backbone import load_backbone
+from sat_ehft.config import Config
+from sat_ehft.pipeline import RunSpec, backbone_distance, run
+
+CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lr=1e-3,
+                stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, track_weight_distance=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_bert, rte_dir):
+    root = tmp_path_factory.mktemp("runs")
+    folders = {}
+    for method, share in (("ft", 0.1), ("lp", 0.1), ("ehft-bitfit", 0.1), ("ehft-bitfit", 0.5)):
+        config = Config(**{**CONFIG.__dict__, "stage1_share": share, "epochs": 4})
+        folder = root / f"{method}-{share}"
+        run(RunSpec("rte", method, str(tiny_bert), str(rte_dir), 3, config), folder, log=lambda line: None)
+        folders[f"{method}-{share}"] = folder
+    return folders
+
+
+def written(out, name):
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_figure1_feature_change_is_zero_for_a_frozen_backbone(tmp_path, runs):
+    FIGURES["1"]([runs["lp-0.1"], runs["ft-0.1"]], tmp_path)
+    data = written(tmp_path, "figure1_feature_change")
+    assert data["mean_by_method"]["lp"] == 0.0  # linear probing leaves the backbone, hence its features, as they were
+    assert data["mean_by_method"]["ft"] > 0.01
+
+
+def test_figure4_tsne_has_a_point_per_example(tmp_path, runs):
+    FIGURES["4"]([runs["ehft-bitfit-0.1"], runs["ft-0.1"]], tmp_path)
+    data = written(tmp_path, "figure4_tsne")
+    entry = data[str(runs["ehft-bitfit-0.1"])]
+    assert entry["stage"] == "stage1" and len(entry["train"]["x"]) == 32 and len(entry["dev"]["label"]) == 16
+    assert data[str(runs["ft-0.1"])]["stage"] == "random head"
+
+
+def test_figure5_weight_distance_matches_the_trained_weights(tmp_path, runs, tiny_bert):
+    FIGURES["5"]([runs["ft-0.1"], runs["lp-0.1"]], tmp_path)
+    data = written(tmp_path, "figure5_weight_distance")
+    assert set(data[str(runs["lp-0.1"])]["distance"]) == {0.0}
+    ft = data[str(runs["ft-0.1"])]
+    pretrained = load_backbone(tiny_bert).model
+    trained = torch.load(runs["ft-0.1"] / "train" / "trained.pt", weights_only=True)["tensors"]
+    with torch.no_grad():
+        for name, parameter in pretrained.named_parameters():
+            parameter.copy_(trained[name])
+    reference = {n: p.detach() for n, p in load_backbone(tiny_bert).model.named_parameters()}
+    assert ft["distance"][-1] == pytest.approx(backbone_distance(pretrained, reference), rel=1e-5)
+    assert ft["step"] == [4, 8, 12, 16] and ft["distance"] == sorted(ft["distance"])
+
+
+def test_figure6_and_7_read_the_run_files(tmp_path, runs):
+    FIGURES["6"]([runs["ehft-bitfit-0.1"], runs["ehft-bitfit-0.5"]], tmp_path)
+    data = written(tmp_path, "figure6_stage1_share")
+    curve = data["rte share-of-total"]
+    results = [json.loads((runs[f"ehft-bitfit-{s}"] / "result.json").read_text())["best"] for s in ("0.1", "0.5")]
+    assert curve == {"share": [0.1, 0.5], "best_mean": [100 * r for r in results]}
+    FIGURES["7"]([runs["ehft-bitfit-0.5"], runs["ft-0.1"]], tmp_path)
+    data = written(tmp_path, "figure7_loss")
+    ehft = data[str(runs["ehft-bitfit-0.5"])]
+    stage2 = [json.loads(line) for line in (runs["ehft-bitfit-0.5"] / "stage2" / "train_loss.jsonl").read_text().splitlines()]
+    assert ehft["loss"] == [r["loss"] for r in stage2] and ehft["step"][0] == 2 * 4 + 1  # after Stage 1's 8 steps
