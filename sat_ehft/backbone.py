@@ -19,6 +19,7 @@ from sat.model.official.roberta_model import RobertaModel
 from sat_ehft.convert import cached_conversion
 from sat_ehft.folders import folder_kind, resolve_folder, tokenizer_folder
 from sat_ehft.mixins import attach
+from sat_ehft.mixins.attention import SDPA_NAME, SDPAttention
 
 
 class HiddenStatesOutput(BaseMixin):
@@ -38,6 +39,7 @@ class _Backbone:
         super().__init__(args, transformer=transformer, **kwargs)
         self.del_mixin("bert-final")  # SAT names the LM head 'bert-final' for RoBERTa too
         self.add_mixin("hidden-states", HiddenStatesOutput())
+        self.add_mixin(SDPA_NAME, SDPAttention())  # before any PET mixin, which may wrap it
         attach(self, getattr(args, "ehft_mixins", None) or {})  # a saved classifier's head and PET mixins
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, **kw_args):

@@ -17,7 +17,7 @@ EPOCHS = {"rte": 60, "mrpc": 60, "boolq": 40, "wic": 40, "cb": 400, "copa": 400,
 PAPER_KEYS = {"epochs", "batch_size", "lr"}  # what every task config must set itself
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_loads(path):
     load_config(path)  # an unknown key or an ill-typed value fails here
 

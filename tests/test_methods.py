@@ -54,7 +54,7 @@ def test_each_stage_trains_exactly_its_parameters(hf_folder, name):
         names = [n for n, _ in model.named_parameters()]
         assert trainable == expected_trainable(stage.trains, names)
         assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
-        assert set(model.mixins) == {"hidden-states", "head", *stage.mixins}
+        assert set(model.mixins) == {"hidden-states", "sdpa-attention", "head", *stage.mixins}
         if stage.trains != "all":
             assert len(trainable) < len(names)
 

@@ -189,3 +189,23 @@ def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
     x, y = data[0]
     (model(x) - y).pow(2).mean().backward()
     assert all(((p.grad != 0) <= masks[n]).all() for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("lengths", [[12, 12, 12], [12, 7, 3]], ids=["unpadded", "padded"])
+def test_sdpa_attention_matches_sat_default_attention(tmp_path, lengths):
+    """Outputs and gradients of the SDPA hook against SAT's own attention (the hook removed)."""
+    sat = sat_copy(tmp_path, tiny_hf_model("roberta", dropout=0.0))
+    ids, mask = padded_batch(120, lengths, pad_id=1)
+    weights = torch.randn(len(lengths), 12, 32, generator=torch.Generator().manual_seed(1)) * mask[..., None]
+
+    def output_and_grads():
+        sat.zero_grad()
+        out = sat.encode(ids, mask)
+        (out * weights).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in sat.named_parameters()}
+
+    fast, fast_grads = output_and_grads()
+    sat.del_mixin("sdpa-attention")
+    reference, reference_grads = output_and_grads()
+    assert (fast - reference)[mask.bool()].abs().max() < 1e-5
+    assert all(torch.allclose(fast_grads[n], reference_grads[n], atol=1e-5, rtol=1e-4) for n in reference_grads)

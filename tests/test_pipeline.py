@@ -103,7 +103,7 @@ def test_saved_classifier_loads_back_with_sat_automodel(tmp_path, tiny_bert, rte
     model, _ = AutoModel.from_pretrained(str(tmp_path / "model"))
     trained = torch.load(tmp_path / "stage2" / "trained.pt", weights_only=True)["tensors"]
     state = model.state_dict()
-    assert set(model.mixins) == {"bert-type", "hidden-states", "head", "lora"}
+    assert set(model.mixins) == {"bert-type", "hidden-states", "sdpa-attention", "head", "lora"}
     assert all(torch.equal(state[n], v) for n, v in trained.items())
     start = prepare_stage(spec, tmp_path, 1)
     batch = collate(start.dev[:4], start.tokenizer.pad_token_id)
