@@ -111,6 +111,20 @@ def cmd_analyze(args):
     print(f"wrote {args.out}: figure {args.figure} (PNG and JSON)")
 
 
+def cmd_bench(args):
+    from sat_ehft import bench
+    from sat_ehft.folders import load_model_tokenizer
+
+    lengths = bench.task_lengths(args.task, args.data_dir, load_model_tokenizer(args.tokenizer), args.max_length)
+    result = bench.bench(kind=args.kind, shape=args.shape, precision=args.precision, batch_size=args.batch_size,
+                         steps=args.steps, warmup=args.warmup, lengths=lengths, method=args.method)
+    result["command"] = "sat-ehft " + " ".join(sys.argv[1:])
+    result["lengths_from"] = f"{args.task} train, tokenized by {args.tokenizer}, max {args.max_length}"
+    if args.out:
+        bench.save(result, args.out)
+    print(bench.table(result))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +188,21 @@ def build_parser():
     analyze.add_argument("runs", nargs="+", help="run folders (sat-ehft train --out ...) or grid folders holding them")
     analyze.add_argument("--out", required=True, help="folder for figureN_*.png and .json")
     analyze.set_defaults(func=cmd_analyze)
+
+    bench = commands.add_parser("bench", help="our training step against Hugging Face's, same process, same batches")
+    bench.add_argument("--kind", choices=["roberta", "bert"], default="roberta")
+    bench.add_argument("--shape", choices=["tiny", "base", "large"], default="tiny", help="random weights of this size")
+    bench.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype, both sides")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    bench.add_argument("--method", default="ft", help="whose first stage decides what trains on our side")
+    bench.add_argument("--task", default="rte", help="task whose training-set token lengths the batches follow")
+    bench.add_argument("--data-dir", required=True, help="official files of --task")
+    bench.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="model whose tokenizer measures the lengths")
+    bench.add_argument("--max-length", type=int, default=512)
+    bench.add_argument("--out", help="also write the result as JSON here")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -28,6 +28,7 @@ def collect(out):
         result = json.loads(path.read_text(encoding="utf-8"))
         label = path.parent.parent.name.replace("__", " ")
         rows.append({"task": result["task"], "label": label, "seed": result["seed"], "metric": result["metric"],
+                     "seconds": sum(stage["seconds"] for stage in result["stages"].values()),
                      **{score: 100 * result[score] for score in SCORES}})
     return rows
 
@@ -47,6 +48,7 @@ def aggregate(rows):
         entry = {"metric": members[0]["metric"], "seeds": sorted(m["seed"] for m in members)}
         for score in SCORES:
             entry[f"{score}_mean"], entry[f"{score}_std"] = mean_std([m[score] for m in members])
+        entry["seconds"] = mean_std([m["seconds"] for m in members])[0]
         summary[key] = entry
     return summary
 
@@ -59,9 +61,13 @@ def report_rows(summary, table):
     rows = []
     for (task, label), entry in summary.items():
         paper = paper_value(table, task, label)
+        ft = summary.get((task, "ft"))
         rows.append({"task": task, "method": label, "metric": entry["metric"], "seeds": len(entry["seeds"]),
                      **{k: round(v, 2) for k, v in entry.items() if k.endswith(("_mean", "_std"))},
-                     "paper": paper, "best_minus_paper": None if paper is None else round(entry["best_mean"] - paper, 2)})
+                     "paper": paper, "best_minus_paper": None if paper is None else round(entry["best_mean"] - paper, 2),
+                     "seconds": round(entry["seconds"], 1),
+                     # wall time against plain finetuning of the same task (the same total epochs)
+                     "time_vs_ft": round(entry["seconds"] / ft["seconds"], 3) if ft else None})
     return rows
 
 
@@ -76,15 +82,19 @@ def to_csv(rows):
 def to_markdown(rows, summary, missing, table):
     paper = f"paper (Table {table})" if table else "paper"
     lines = ["| task | method | metric | seeds | best (mean ± std) | last (mean ± std) | max all stages | "
-             f"{paper} | best − paper |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{paper} | best − paper | seconds | time / ft |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = "" if row["best_minus_paper"] is None else f"{row['best_minus_paper']:+.2f}"
+        versus_ft = "" if row["time_vs_ft"] is None else f"{row['time_vs_ft']:.2f}"
         lines.append(f"| {row['task']} | {row['method']} | {row['metric']} | {row['seeds']} | "
                      f"{row['best_mean']:.2f} ± {row['best_std']:.2f} | {row['last_mean']:.2f} ± {row['last_std']:.2f} | "
-                     f"{row['max_over_all_stages_mean']:.2f} | {'' if row['paper'] is None else row['paper']} | {diff} |")
+                     f"{row['max_over_all_stages_mean']:.2f} | {'' if row['paper'] is None else row['paper']} | {diff} | "
+                     f"{row['seconds']:.0f} | {versus_ft} |")
     lines += ["", "best: the final stage's best epoch by the task's first metric; last: its last epoch; "
               "max all stages: the running maximum over every evaluation, Stage 1 included (what the original "
-              "code reported). Scores x 100; std over seeds (sample).", "", "## Seeds", ""]
+              "code reported). Scores x 100; std over seeds (sample). seconds: mean wall time of a run, every "
+              "stage included (model loading and evaluation too); time / ft: against plain finetuning of the "
+              "same task, which gets the same total epochs.", "", "## Seeds", ""]
     lines += [f"- {task} {label}: {', '.join(map(str, entry['seeds']))}" for (task, label), entry in summary.items()]
     lines += ["", "## Missing runs", ""]
     lines += [f"- {run.task} {run.label} seed {run.seed}" for run in missing] or ["none"]

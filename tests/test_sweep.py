@@ -69,6 +69,12 @@ def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_input
         assert row["seeds"] == 2
         assert row["best_mean"] == round(np.mean(best), 2) and row["best_std"] == round(np.std(best, ddof=1), 2)
         assert row["last_mean"] == round(np.mean(last), 2) and row["last_std"] == round(np.std(last, ddof=1), 2)
+        seconds = [sum(stage["seconds"] for stage in r["stages"].values()) for r in results]
+        assert row["seconds"] == round(np.mean(seconds), 1)
+    by_key = {(r["task"], r["method"]): r for r in rows}
+    for task in ("rte", "cb"):
+        ehft, ft = by_key[task, "ehft-bitfit"], by_key[task, "ft"]
+        assert ft["time_vs_ft"] == 1.0 and ehft["time_vs_ft"] > 0
     paper = {(r["task"], r["method"]): r["paper"] for r in rows}
     assert paper == {("cb", "ehft-bitfit"): 99.12, ("cb", "ft"): 94.64, ("rte", "ehft-bitfit"): 88.10,
                      ("rte", "ft"): 87.52}
