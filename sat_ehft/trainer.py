@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sat_ehft import metrics, objective
 from sat_ehft.atomic import write_text
-from sat_ehft.batching import collate, model_inputs
+from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
 
 
 class NonFiniteLoss(RuntimeError):
@@ -190,8 +190,13 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     rank, world_size = ensure_distributed()
     files.folder.mkdir(parents=True, exist_ok=True)
     sampler = DistributedSampler(train_features, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    loader = DataLoader(train_features, batch_size=config.micro_batch_size, sampler=sampler,
-                        collate_fn=partial(collate, pad_id=pad_id))
+    if config.group_by_length:
+        lengths = [sum(map(len, sequences(f["input_ids"]))) for f in train_features]
+        sampler = LengthGroupedBatches(sampler, lengths, config.micro_batch_size, seed=seed)
+        loader = DataLoader(train_features, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id))
+    else:
+        loader = DataLoader(train_features, batch_size=config.micro_batch_size, sampler=sampler,
+                            collate_fn=partial(collate, pad_id=pad_id))
     ds_config = deepspeed_config(config, world_size)
     total_steps = math.ceil(len(loader) / ds_config["gradient_accumulation_steps"]) * budget.epochs
     optimizer = make_optimizer(model, trainable, budget.lr, config)

@@ -115,3 +115,29 @@ def test_collate_pads_to_the_batch_maximum_and_groups_choices():
     batch = collate(features, pad_id=1)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 1], [5, 8, 1, 1], [5, 1, 1, 1], [5, 9, 9, 9]]
     assert batch["attention_mask"].sum(1).tolist() == [3, 2, 1, 4] and batch["labels"].tolist() == [1, 0]
+
+
+def test_length_grouped_batches_cover_every_example_once_with_less_padding():
+    import random
+
+    from torch.utils.data import DistributedSampler
+
+    from sat_ehft.batching import LengthGroupedBatches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(1000)]
+    sampler = DistributedSampler(lengths, num_replicas=2, rank=1, shuffle=True, seed=3)
+    grouped = LengthGroupedBatches(sampler, lengths, batch_size=16, pool=10, seed=3)
+    grouped.set_epoch(0)
+    first = list(grouped)
+    assert sorted(i for batch in first for i in batch) == sorted(sampler)  # this rank's half, each once
+    assert len(first) == len(grouped) == 32
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    plain = [list(sampler)[i:i + 16] for i in range(0, 500, 16)]
+    assert padding(first) < padding(plain) / 3
+    assert list(grouped) == first  # deterministic for a seed and epoch
+    grouped.set_epoch(1)
+    assert list(grouped) != first

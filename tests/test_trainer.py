@@ -107,10 +107,10 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_
     assert all(torch.isfinite(v).all() for v in saved["module"].values())
 
 
-@pytest.mark.parametrize("precision, zero_stage", [("fp32", 1), ("bf16", 0), ("bf16", 2)])
-def test_precisions_and_zero_stages_train(tmp_path, rte_features, minilm_tokenizer, precision, zero_stage):
+@pytest.mark.parametrize("precision, zero_stage, grouped", [("fp32", 1, True), ("bf16", 0, False), ("bf16", 2, False)])
+def test_precisions_and_zero_stages_train(tmp_path, rte_features, minilm_tokenizer, precision, zero_stage, grouped):
     task, train, dev = rte_features
-    config = Config(**{**CONFIG.__dict__, "precision": precision, "zero_stage": zero_stage})
+    config = Config(**{**CONFIG.__dict__, "precision": precision, "zero_stage": zero_stage, "group_by_length": grouped})
     model, trainable = classifier(tmp_path, task, get_method("ehft-lora").stages[0])
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     records = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sat_ehft.batching import sequences
 from sat_ehft.tokenizer import check_unk_rate
 
 SPLITS = ("train", "dev")
@@ -201,8 +202,8 @@ class Task:
         return {**ids_and_types(encoding), "label": example.label}
 
     def lengths(self, feature):
-        """Token counts of one encoded example (several for multiple-choice tasks)."""
-        return [len(feature["input_ids"])]
+        """Token counts of one encoded example (one per sequence: COPA has two)."""
+        return [len(ids) for ids in sequences(feature["input_ids"])]
 
 
 def ids_and_types(encoding):
@@ -216,10 +217,6 @@ def encode_examples(task, examples, tokenizer, max_length):
     features = [task.encode(example, tokenizer, max_length) for example in examples]
     for start in range(0, len(features), UNK_CHECK_CHUNK):
         chunk = features[start:start + UNK_CHECK_CHUNK]
-        ids = [seq for f in chunk for seq in _sequences(f["input_ids"])]
+        ids = [seq for f in chunk for seq in sequences(f["input_ids"])]
         check_unk_rate(ids, tokenizer.unk_token_id, f"{task.name}, examples from {examples[start].source}")
     return features
-
-
-def _sequences(input_ids):
-    return input_ids if input_ids and isinstance(input_ids[0], list) else [input_ids]

@@ -30,9 +30,6 @@ class CopaTask(Task):
         return {"input_ids": [r["input_ids"] for r in rows],
                 "token_type_ids": [r["token_type_ids"] for r in rows], "label": example.label}
 
-    def lengths(self, feature):
-        return [len(ids) for ids in feature["input_ids"]]
-
 
 register(CopaTask("copa", benchmark="superglue", folder="COPA", text_fields=("premise", "choice1", "choice2"),
                   labels=("0", "1"), metrics=("accuracy",), hub=("super_glue", "copa")))
