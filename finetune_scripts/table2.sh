@@ -2,6 +2,7 @@
 # Table 2: BERT-large, finetuning against EH-FT(BitFit), LR 3e-5. Writes $RUNS/table2/report.md.
 set -euo pipefail
 MODEL=${MODEL:-bert-large-cased}
+CONFIG_DIR=${CONFIG_DIR:-$(dirname "${BASH_SOURCE[0]}")/../configs/bert-large}
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-sweep --tasks $ALL_TASKS --methods ft ehft-bitfit --set lr=3e-5 --out "$RUNS/table2"
+sweep --tasks $ALL_TASKS --methods ft ehft-bitfit --out "$RUNS/table2"
 sat-ehft report "$RUNS/table2" --table 2
