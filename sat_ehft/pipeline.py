@@ -28,17 +28,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sat_ehft import objective
-from sat_ehft.atomic import atomic_dir, atomic_path, write_json, write_text
+from sat_ehft.atomic import atomic_dir, atomic_path, write_json
 from sat_ehft.backbone import load_backbone
-from sat_ehft.batching import collate, model_inputs
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import write_sat_checkpoint
 from sat_ehft.methods import get_method
-from sat_ehft.mixins import bias_names, is_backbone_parameter
-from sat_ehft.mixins.child_tuning import fisher_information, install_gradient_masks, top_fraction_masks
+from sat_ehft.mixins import bias_names
+from sat_ehft.mixins.child_tuning import mask_to_child_network
 from sat_ehft.tasks import encode_examples, get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
+from sat_ehft.weight_distance import WeightDistanceLog
 
 
 @dataclass(frozen=True)
@@ -170,48 +169,9 @@ def prepare_stage(spec, out, index):
         previous = Path(out) / method.stages[index - 1].name / "trained.pt"
         load_carried(model, previous, stage.carries, backbone.fingerprint)
     if stage.fisher_mask:
-        mask_to_child_network(model, task, train, spec.config, tokenizer.pad_token_id)
+        mask_to_child_network(model, task, train, spec.config.micro_batch_size, spec.config.child_tuning_keep,
+                              tokenizer.pad_token_id)
     return PreparedStage(backbone, model, trainable, tokenizer, train, dev)
-
-
-def mask_to_child_network(model, task, features, config, pad_id):
-    """Child-Tuning_D: from now on only the backbone entries of highest Fisher information get gradients.
-    Fisher is measured in eval mode (no dropout), so every data-parallel rank picks the same entries."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad and is_backbone_parameter(n)]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-
-    def losses():
-        for start in range(0, len(features), config.micro_batch_size):
-            batch = {k: v.to(device) for k, v in collate(features[start:start + config.micro_batch_size], pad_id).items()}
-            yield objective.loss(model.encode(**model_inputs(batch)), batch["labels"], task.objective)
-
-    masks = top_fraction_masks(fisher_information(model, names, losses()), config.child_tuning_keep)
-    install_gradient_masks(model, masks)
-    model.train()
-    return masks
-
-
-def backbone_distance(model, reference):
-    """L2 norm of (backbone parameters - reference), over the parameters named in `reference`."""
-    params = dict(model.named_parameters())
-    return sum(float((params[n].detach().float() - ref).pow(2).sum()) for n, ref in reference.items()) ** 0.5
-
-
-class WeightDistanceLog:
-    """Figure 5: after every epoch, the backbone's L2 distance from where the stage started (the
-    pretrained weights), in STAGE/weight_distance.jsonl."""
-
-    def __init__(self, model, folder):
-        self.path = Path(folder) / "weight_distance.jsonl"
-        self.start = {n: p.detach().float().clone() for n, p in model.named_parameters() if is_backbone_parameter(n)}
-        self.rows = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
-
-    def __call__(self, model, record):
-        self.rows = [r for r in self.rows if r["epoch"] < record["epoch"]]
-        self.rows.append({"epoch": record["epoch"], "step": record["step"],
-                          "distance": backbone_distance(model, self.start)})
-        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
 def run_stage(spec, out, index):

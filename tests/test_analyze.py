@@ -8,7 +8,8 @@ import torch
 from sat_ehft.analyze import FIGURES
 from sat_ehft.backbone import load_backbone
 from sat_ehft.config import Config
-from sat_ehft.pipeline import RunSpec, backbone_distance, run
+from sat_ehft.pipeline import RunSpec, run
+from sat_ehft.weight_distance import backbone_distance
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lr=1e-3,
                 stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, track_weight_distance=True)

@@ -6,6 +6,10 @@ zeroed by hooks, as the official ChildTuningAdamW masks them; the head is never 
 
 import torch
 
+from sat_ehft import objective
+from sat_ehft.batching import collate, model_inputs
+from sat_ehft.mixins.bitfit import is_backbone_parameter
+
 
 def fisher_information(model, names, losses):
     """{name: summed squared gradient} over the losses yielded by `losses` (one per training batch)."""
@@ -37,3 +41,21 @@ def install_gradient_masks(model, masks):
     params = dict(model.named_parameters())
     return [params[name].register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype))
             for name, mask in masks.items()]
+
+
+def mask_to_child_network(model, task, features, batch_size, keep, pad_id):
+    """Child-Tuning_D: from now on only the backbone entries of highest Fisher information get gradients.
+    Fisher is measured in eval mode (no dropout), so every data-parallel rank picks the same entries."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad and is_backbone_parameter(n)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+
+    def losses():
+        for start in range(0, len(features), batch_size):
+            batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], pad_id).items()}
+            yield objective.loss(model.encode(**model_inputs(batch)), batch["labels"], task.objective)
+
+    masks = top_fraction_masks(fisher_information(model, names, losses()), keep)
+    install_gradient_masks(model, masks)
+    model.train()
+    return masks
