@@ -35,6 +35,26 @@ def _save(out, name, data, draw):
     return data
 
 
+def _lines(curves, x, y, xlabel, ylabel, marker=None):
+    """A draw function: one line per {label: entry} of `curves`, entry[x] against entry[y]."""
+
+    def draw(plt):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for label, entry in curves.items():
+            axes.plot(entry[x], entry[y], label=label, marker=marker, linewidth=1)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=8)
+        return figure
+
+    return draw
+
+
+def _by_method(data):
+    """{'<method> (<run folder name>)': entry} for the legend."""
+    return {f"{entry['method']} ({Path(run).name})": entry for run, entry in data.items()}
+
+
 def _final_stage(run):
     from sat_ehft.methods import get_method
     from sat_ehft.pipeline import read_run
@@ -135,15 +155,7 @@ def weight_distance(runs, out):
         data[str(run)] = {"method": _label(run), "stage": stage, "step": [r["step"] for r in rows],
                           "distance": [r["distance"] for r in rows]}
 
-    def draw(plt):
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for entry in data.values():
-            axes.plot(entry["step"], entry["distance"], label=entry["method"])
-        axes.set_xlabel("iteration")
-        axes.set_ylabel("||theta - theta_pretrained||")
-        axes.legend(fontsize=8)
-        return figure
-
+    draw = _lines(_by_method(data), "step", "distance", "iteration", "||theta - theta_pretrained||")
     return _save(out, "figure5_weight_distance", data, draw)
 
 
@@ -159,15 +171,8 @@ def stage1_share(runs, out):
     data = {key: {"share": sorted(shares), "best_mean": [float(np.mean(shares[s])) for s in sorted(shares)]}
             for key, shares in sorted(points.items())}
 
-    def draw(plt):
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for key, entry in data.items():
-            axes.plot(entry["share"], entry["best_mean"], marker="o", label=key)
-        axes.set_xlabel("Stage 1 share of the epochs")
-        axes.set_ylabel("dev score (best epoch, mean over seeds)")
-        axes.legend(fontsize=8)
-        return figure
-
+    draw = _lines(data, "share", "best_mean", "Stage 1 share of the epochs", "dev score (best epoch, mean over seeds)",
+                  marker="o")
     return _save(out, "figure6_stage1_share", data, draw)
 
 
@@ -185,15 +190,7 @@ def loss_curves(runs, out):
         rows = _jsonl(Path(run) / stages[-1] / "train_loss.jsonl")
         data[str(run)] = {"method": method, "step": [offset + r["step"] for r in rows], "loss": [r["loss"] for r in rows]}
 
-    def draw(plt):
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for entry in data.values():
-            axes.plot(entry["step"], entry["loss"], label=entry["method"], linewidth=1)
-        axes.set_xlabel("iteration (Stage 1 included)")
-        axes.set_ylabel("training loss")
-        axes.legend(fontsize=8)
-        return figure
-
+    draw = _lines(_by_method(data), "step", "loss", "iteration (Stage 1 included)", "training loss")
     return _save(out, "figure7_loss", data, draw)
 
 
