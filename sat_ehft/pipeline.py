@@ -232,14 +232,14 @@ def run(spec, out, stage_number=None, log=print):
     """Run the method's stages (or only `stage_number`, 1-based), skipping finished ones.
 
     Returns result.json's content once every stage is done, else None."""
-    ensure_distributed()
     method = get_method(spec.method)
     get_task(spec.task)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    claim_run_folder(spec, out)
-    numbers = range(1, len(method.stages) + 1) if stage_number is None else [stage_number]
     if stage_number is not None and not 1 <= stage_number <= len(method.stages):
         raise ValueError(f"--stage {stage_number}: method {method.name} has stages 1..{len(method.stages)}")
+    numbers = range(1, len(method.stages) + 1) if stage_number is None else [stage_number]
+    ensure_distributed()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    claim_run_folder(spec, out)
     for number in numbers:
         stage = method.stages[number - 1]
         if stage_done(out, stage):

@@ -66,3 +66,14 @@ def test_convert_writes_a_folder_sat_automodel_loads(tmp_path, capsys):
     assert args.layernorm_order == "post" and args.num_types == 2
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "sat")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_train_errors_name_what_is_wrong(tmp_path, tiny_bert, rte_dir, capsys):
+    base = ["train", "--task", "rte", "--model", str(tiny_bert), "--data-dir", str(rte_dir), "--out", str(tmp_path)]
+    assert main([*base, "--method", "ehft-adapter"]) == 2
+    assert "unknown method 'ehft-adapter'; known methods: bitfit" in capsys.readouterr().err
+    assert main([*base, "--method", "ft", "--set", "learning_rate=1e-5"]) == 2
+    assert "--set learning_rate: unknown config key 'learning_rate'" in capsys.readouterr().err
+    assert main([*base, "--method", "ehft-bitfit", "--stage", "3"]) == 2
+    assert "--stage 3: method ehft-bitfit has stages 1..2" in capsys.readouterr().err
+    assert not (tmp_path / "run.json").exists()  # nothing is written for a command that cannot run

@@ -200,3 +200,34 @@ def test_wic_word_truncated_away_is_an_error(tmp_path, minilm_tokenizer):
     task = get_task("wic")
     with pytest.raises(DataError, match=r"val\.jsonl:1: the target word of sentence 1 was truncated away"):
         task.encode(task.read(tmp_path, "dev")[0], minilm_tokenizer, 16)
+
+
+@pytest.fixture(scope="module")
+def roberta_style_tokenizer(tmp_path_factory, shared_data):
+    """A small byte-level BPE tokenizer (RoBERTa's kind), trained here on WiC text and loaded back from
+    its folder, as the real roberta-large one would be."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    from sat_ehft.tokenizer import load_tokenizer
+
+    rows = [json.loads(line) for line in (shared_data / "superglue/WiC/train.jsonl").read_text().splitlines()[:3000]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([r[k] for r in rows for k in ("sentence1", "sentence2")], vocab_size=3000,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    folder = tmp_path_factory.mktemp("bpe")
+    RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                         cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>").save_pretrained(folder)
+    return load_tokenizer(folder, 3000)
+
+
+def test_wic_spans_with_a_byte_level_bpe_tokenizer(shared_data, roberta_style_tokenizer):
+    """RoBERTa-style offsets include the leading space of a word; the span must still be the word's tokens."""
+    task, tokenizer = get_task("wic"), roberta_style_tokenizer
+    examples = task.read(shared_data, "dev")
+    for example, feature in zip(examples, encode_examples(task, examples, tokenizer, 128)):
+        for (first, last), sentence, start, end in zip(feature["spans"], ("sentence1", "sentence2"),
+                                                      ("start1", "start2"), ("end1", "end2")):
+            word = example.fields[sentence][example.fields[start]:example.fields[end]]
+            assert tokenizer.decode(feature["input_ids"][first:last]).strip() == word, example.source
+    assert "token_type_ids" in feature and set(feature["token_type_ids"]) == {0}  # RoBERTa has no token types
