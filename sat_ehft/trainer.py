@@ -189,14 +189,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
 
     rank, world_size = ensure_distributed()
     files.folder.mkdir(parents=True, exist_ok=True)
-    sampler = DistributedSampler(train_features, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    if config.group_by_length:
-        lengths = [sum(map(len, sequences(f["input_ids"]))) for f in train_features]
-        sampler = LengthGroupedBatches(sampler, lengths, config.micro_batch_size, seed=seed)
-        loader = DataLoader(train_features, batch_sampler=sampler, collate_fn=partial(collate, pad_id=pad_id))
-    else:
-        loader = DataLoader(train_features, batch_size=config.micro_batch_size, sampler=sampler,
-                            collate_fn=partial(collate, pad_id=pad_id))
+    loader, sampler = _training_batches(train_features, config, rank, world_size, seed, pad_id)
     ds_config = deepspeed_config(config, world_size)
     total_steps = math.ceil(len(loader) / ds_config["gradient_accumulation_steps"]) * budget.epochs
     optimizer = make_optimizer(model, trainable, budget.lr, config)
@@ -237,7 +230,20 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
             board.flush()
         for callback in callbacks:
             callback(engine.module, record)
+    if board:
+        board.close()
     return progress.records
+
+
+def _training_batches(features, config, rank, world_size, seed, pad_id):
+    """(loader, sampler) of this rank's micro-batches; the sampler's set_epoch reshuffles."""
+    sampler = DistributedSampler(features, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    collate_batch = partial(collate, pad_id=pad_id)
+    if not config.group_by_length:
+        return DataLoader(features, batch_size=config.micro_batch_size, sampler=sampler, collate_fn=collate_batch), sampler
+    lengths = [sum(map(len, sequences(f["input_ids"]))) for f in features]
+    batches = LengthGroupedBatches(sampler, lengths, config.micro_batch_size, seed=seed)
+    return DataLoader(features, batch_sampler=batches, collate_fn=collate_batch), batches
 
 
 def _tensorboard(files, rank):
