@@ -20,20 +20,22 @@ from sat_ehft.convert import cached_conversion
 from sat_ehft.folders import folder_kind, resolve_folder, tokenizer_folder
 from sat_ehft.mixins import attach
 from sat_ehft.mixins.attention import SDPA_NAME, SDPAttention
+from sat_ehft.packing import pack, padded_states
 
 
 class HiddenStatesOutput(BaseMixin):
-    """Makes the backbone return its final hidden states instead of SAT's tied LM logits."""
+    """Makes the backbone return its final hidden states ([b, s, hidden]) instead of SAT's tied LM logits."""
 
     @replacable
     def final_forward(self, logits, **kw_args):
-        return logits
+        return padded_states(logits, kw_args)
 
 
 class _Backbone:
     """What RoBERTa and BERT backbones share: no LM head, hidden states out, SAT's mask layout."""
 
     uses_token_types = False
+    unpad = True  # run on the real tokens only (sat_ehft.packing); False keeps SAT's padded layout
 
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **kwargs)
@@ -45,11 +47,20 @@ class _Backbone:
     def encode(self, input_ids, attention_mask, token_type_ids=None, **kw_args):
         """Run on [batch, seq] ids and 0/1 mask: the [batch, seq, hidden] final-layer features, or the
         head's scores once a head is attached (`kw_args`, e.g. WiC's spans, reach the head)."""
-        dtype = next(self.parameters()).dtype
-        sat_mask = attention_mask[:, None, None, :].to(dtype)  # SAT: [b, 1, 1, s] float, 1 = keep
+        position_ids = self.position_ids(attention_mask)
+        if self.uses_token_types and token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if self.unpad and SDPA_NAME in self.mixins:  # packed rows need the packing-aware attention hook
+            rows = (input_ids, position_ids) + ((token_type_ids,) if self.uses_token_types else ())
+            kw_args["packing"], (input_ids, position_ids, *types) = pack(attention_mask, *rows)
+            token_type_ids = types[0] if types else None
+            sat_mask = torch.ones(1, 1, 1, 1, device=input_ids.device)  # attention follows the packing instead
+        else:
+            sat_mask = attention_mask[:, None, None, :]  # SAT: [b, 1, 1, s], 1 = keep
         if self.uses_token_types:
-            kw_args["token_type_ids"] = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        return self(input_ids, self.position_ids(attention_mask), sat_mask, **kw_args)[0]
+            kw_args["token_type_ids"] = token_type_ids
+        dtype = next(self.parameters()).dtype
+        return self(input_ids, position_ids, sat_mask.to(dtype), **kw_args)[0]
 
 
 class BertBackbone(_Backbone, BertModel):

@@ -1,10 +1,12 @@
 """`sat-ehft bench`: our training step against Hugging Face's, in one process, on the same batches.
 
-Ours: the SAT backbone (SDPA attention mixin) + the paper's head + a method's trainable set. The
-baseline: `RobertaForSequenceClassification` / `BertForSequenceClassification` with sdpa. Both take
-forward, backward and a torch AdamW step, under the same autocast precision, on batches padded to
-their own longest sequence, with lengths drawn from a real task's token-length distribution and
-random ids and weights. The sides run one after the other, so that each peak memory is its own.
+Ours: the SAT backbone (unpadded rows and per-sequence SDPA, or SDPA with the padding mask under
+`unpad=False`) + the paper's head + a method's trainable set, stepped by the trainer's fused AdamW. The
+baseline: `RobertaForSequenceClassification` / `BertForSequenceClassification` with sdpa and torch's
+default AdamW. Both take forward, backward and an optimizer step, under the same autocast precision, on
+the same batches padded to their own longest sequence, with lengths drawn from a real task's
+token-length distribution and random ids and weights. The sides run one after the other, so that each
+peak memory is its own.
 """
 
 import json
@@ -76,10 +78,13 @@ def hf_step(kind, config):
         return torch.nn.functional.binary_cross_entropy_with_logits(
             model(input_ids=ids, attention_mask=mask).logits[:, 0].float(), labels.float())
 
-    return model, loss
+    def optimizer():
+        return torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    return model, loss, optimizer
 
 
-def our_step(kind, config, method):
+def our_step(kind, config, method, unpad=True):
     from sat_ehft.backbone import Backbone, build_backbone
     from sat_ehft.classifier import build_classifier
     from sat_ehft.config import Config
@@ -87,21 +92,26 @@ def our_step(kind, config, method):
     from sat_ehft.methods import get_method
     from sat_ehft.objective import loss as task_loss
     from sat_ehft.tasks import get_task
+    from sat_ehft.trainer import make_optimizer
 
     model_config = sat_model_config({**config.to_dict(), "model_type": kind})
     backbone = Backbone(model=build_backbone(model_config), folder=None, config=model_config, fingerprint="")
-    model, _ = build_classifier(backbone, get_task("rte"), get_method(method).stages[0], Config())
+    run_config = Config(unpad=unpad)
+    model, trainable = build_classifier(backbone, get_task("rte"), get_method(method).stages[0], run_config)
 
     def loss(ids, mask, labels):
         return task_loss(model.encode(ids, mask), labels, "binary")
 
-    return model, loss
+    def optimizer():
+        return make_optimizer(model, trainable, 1e-5, run_config)
+
+    return model, loss, optimizer
 
 
-def measure(model, loss_fn, batches, warmup, precision, device):
+def measure(model, loss_fn, make_optimizer, batches, warmup, precision, device):
     """Seconds for the timed batches (after `warmup` untimed ones) and the peak memory in GiB (CUDA only)."""
     model.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = make_optimizer()  # after the move: a fused optimizer works on the parameters' device
     dtype = DTYPES[precision]
 
     def step(ids, mask, labels):
@@ -139,7 +149,7 @@ def side_figures(seconds, peak, batches, flops, peak_flops):
 
 
 def bench(kind="roberta", shape="tiny", precision="fp32", batch_size=32, steps=10, warmup=2, lengths=(128,),
-          method="ft", device=None, seed=0):
+          method="ft", device=None, seed=0, unpad=True):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = hf_config(kind, shape)
     batches = make_batches(list(lengths), batch_size, warmup + steps, config.vocab_size, seed)
@@ -148,16 +158,17 @@ def bench(kind="roberta", shape="tiny", precision="fp32", batch_size=32, steps=1
     name = device_name(device)
     peak_flops = next((v for (gpu, p), v in PEAK_FLOPS.items() if gpu in name and p == precision), None)
     sides = {}
-    for side, build in (("hf", hf_step), ("ours", lambda k, c: our_step(k, c, method))):
+    for side, build in (("hf", hf_step), ("ours", lambda k, c: our_step(k, c, method, unpad))):
         torch.manual_seed(seed)
-        model, loss_fn = build(kind, config)
-        sides[side] = side_figures(*measure(model, loss_fn, batches, warmup, precision, device), timed, flops, peak_flops)
+        model, loss_fn, make_optimizer = build(kind, config)
+        seconds, peak = measure(model, loss_fn, make_optimizer, batches, warmup, precision, device)
+        sides[side] = side_figures(seconds, peak, timed, flops, peak_flops)
         del model
     import deepspeed
     import transformers
 
     return {"device": name, "kind": kind, "shape": shape, "precision": precision, "batch_size": batch_size,
-            "steps": steps, "warmup": warmup, "method": method, "mean_length": sum(int(m.sum()) for _, m, _ in timed) / (steps * batch_size),
+            "steps": steps, "warmup": warmup, "method": method, "unpad": unpad, "mean_length": sum(int(m.sum()) for _, m, _ in timed) / (steps * batch_size),
             "train_flops": flops, "peak_flops": peak_flops,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__},
             "hf": sides["hf"], "ours": sides["ours"],
@@ -170,7 +181,8 @@ def table(result):
         return "-" if value is None else f"{value:.{digits}f}"
 
     rows = [f"{result['kind']}-{result['shape']}, {result['precision']}, batch {result['batch_size']}, "
-            f"mean length {result['mean_length']:.0f}, {result['device']}",
+            f"mean length {result['mean_length']:.0f}, ours {'unpadded' if result['unpad'] else 'padded'}, "
+            f"{result['device']}",
             "| side | samples/s | real tokens/s | MFU | peak GiB |", "|---|---|---|---|---|"]
     for side in ("hf", "ours"):
         s = result[side]

@@ -22,4 +22,5 @@ def build_classifier(backbone, task, stage, config):
     specs = classifier_specs(backbone, task, stage, config)
     backbone.config["ehft_mixins"] = specs
     model = attach(backbone.model, specs)
+    model.unpad = config.unpad
     return model, stage.freeze_others(model, config)

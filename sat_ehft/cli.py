@@ -117,7 +117,8 @@ def cmd_bench(args):
 
     lengths = bench.task_lengths(args.task, args.data_dir, load_model_tokenizer(args.tokenizer), args.max_length)
     result = bench.bench(kind=args.kind, shape=args.shape, precision=args.precision, batch_size=args.batch_size,
-                         steps=args.steps, warmup=args.warmup, lengths=lengths, method=args.method)
+                         steps=args.steps, warmup=args.warmup, lengths=lengths, method=args.method,
+                         unpad=not args.padded)
     result["command"] = "sat-ehft " + " ".join(sys.argv[1:])
     result["lengths_from"] = f"{args.task} train, tokenized by {args.tokenizer}, max {args.max_length}"
     if args.out:
@@ -197,6 +198,8 @@ def build_parser():
     bench.add_argument("--steps", type=int, default=10, help="timed steps per side")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     bench.add_argument("--method", default="ft", help="whose first stage decides what trains on our side")
+    bench.add_argument("--padded", action="store_true",
+                       help="keep our side on the padded layout (config unpad: false), to see what unpadding buys")
     bench.add_argument("--task", default="rte", help="task whose training-set token lengths the batches follow")
     bench.add_argument("--data-dir", required=True, help="official files of --task")
     bench.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="model whose tokenizer measures the lengths")

@@ -61,6 +61,8 @@ class Config:
     """Mixout: probability of swapping a weight entry for its pretrained value (searched in {0.7, 0.8, 0.9})."""
     child_tuning_keep: float = 0.3
     """Child-Tuning_D: fraction of backbone entries, by Fisher information, that train (the original EH-FT code: 0.1)."""
+    unpad: bool = True
+    """Run the backbone on the real tokens only (padding removed, attention per sequence); False: SAT's padded layout."""
     group_by_length: bool = False
     """Batch training sequences of similar length together (less padding; batches still shuffled)."""
     eval_batch_size: int = 64

@@ -78,12 +78,13 @@ def linear_schedule(total_steps, warmup_share):
 
 
 def make_optimizer(model, trainable, lr, config):
-    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm gains."""
+    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm gains. Fused: one
+    kernel for the whole update instead of a few per parameter group (torch has it on CPU and CUDA)."""
     params = [(n, p) for n, p in model.named_parameters() if n in trainable]
     groups = [{"params": [p for _, p in params if p.ndim > 1], "weight_decay": config.weight_decay},
               {"params": [p for _, p in params if p.ndim <= 1], "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(config.adam_betas),
-                             eps=config.adam_eps)
+                             eps=config.adam_eps, fused=True)
 
 
 @torch.no_grad()

@@ -60,10 +60,10 @@ def tiny_hf_model(kind, hidden=32, layers=2, heads=4, vocab=120, type_vocab=2, m
     return perturb_(model_cls(config), seed=seed).eval()
 
 
-def padded_batch(vocab, lengths, pad_id, seed=0):
-    """Random ids with right padding to the longest length; returns (ids, mask)."""
+def padded_batch(vocab, lengths, pad_id, seed=0, width=None):
+    """Random ids with right padding to `width` (default: the longest length); returns (ids, mask)."""
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (len(lengths), max(lengths)), generator=generator)
+    ids = torch.randint(3, vocab, (len(lengths), width or max(lengths)), generator=generator)
     mask = torch.zeros_like(ids)
     for row, length in enumerate(lengths):
         mask[row, :length] = 1

@@ -22,6 +22,21 @@ def test_bench_cli_writes_both_sides_and_the_ratio_of_their_timings(tmp_path, sh
     assert result["ratio_ours_over_hf"] == result["hf"]["seconds"] / result["ours"]["seconds"]
     assert result["ratio_ours_over_hf"] == pytest.approx(result["ours"]["samples_per_s"] / result["hf"]["samples_per_s"])
     assert "ours / HF:" in capsys.readouterr().out
+    assert result["unpad"] is True
+
+
+def test_bench_padded_option_keeps_our_side_on_the_padded_layout(monkeypatch):
+    built = []
+    real_our_step = bench.our_step
+
+    def recording_our_step(*args):
+        model, loss, optimizer = real_our_step(*args)
+        built.append(model)
+        return model, loss, optimizer
+
+    monkeypatch.setattr(bench, "our_step", recording_our_step)
+    result = bench.bench(shape="tiny", batch_size=4, steps=1, warmup=0, lengths=(6, 11), unpad=False)
+    assert result["unpad"] is False and built[0].unpad is False
 
 
 def test_batches_follow_the_lengths_and_flops_count_real_tokens():

@@ -76,10 +76,12 @@ def reference_prefix_forward(hf, ids, mask, prefix):
     return hidden
 
 
+@pytest.mark.parametrize("unpad", [True, False], ids=["packed-layout", "padded-layout"])
 @pytest.mark.parametrize("kind", ["roberta", "bert"])
-def test_prefix_tuning_matches_hand_computed_attention(tmp_path, kind):
+def test_prefix_tuning_matches_hand_computed_attention(tmp_path, kind, unpad):
     hf = tiny_hf_model(kind, hidden=32, layers=2, heads=4)
     sat = sat_copy(tmp_path, hf)
+    sat.unpad = unpad
     prefix = PrefixTuningMixin(num_layers=2, num_heads=4, head_size=8, prefix_len=5, init_std=0.5)
     sat.add_mixin("prefix", prefix)
     ids, mask = padded_batch(120, [13, 6], pad_id=hf.config.pad_token_id, seed=2)
@@ -191,11 +193,14 @@ def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
     assert all(((p.grad != 0) <= masks[n]).all() for n, p in model.named_parameters())
 
 
-@pytest.mark.parametrize("lengths", [[12, 12, 12], [12, 7, 3]], ids=["unpadded", "padded"])
-def test_sdpa_attention_matches_sat_default_attention(tmp_path, lengths):
-    """Outputs and gradients of the SDPA hook against SAT's own attention (the hook removed)."""
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded-layout", "packed-layout"])
+@pytest.mark.parametrize("lengths", [[12, 12, 12], [12, 7, 3], [9, 7, 3]], ids=["full", "padded", "all-short"])
+def test_sdpa_attention_matches_sat_default_attention(tmp_path, lengths, unpad):
+    """Outputs and gradients of the SDPA hook, on SAT's padded layout or on packed rows, against SAT's own
+    attention on the padded layout (the hook removed)."""
     sat = sat_copy(tmp_path, tiny_hf_model("roberta", dropout=0.0))
-    ids, mask = padded_batch(120, lengths, pad_id=1)
+    sat.unpad = unpad
+    ids, mask = padded_batch(120, lengths, pad_id=1, width=12)
     weights = torch.randn(len(lengths), 12, 32, generator=torch.Generator().manual_seed(1)) * mask[..., None]
 
     def output_and_grads():
@@ -206,6 +211,7 @@ def test_sdpa_attention_matches_sat_default_attention(tmp_path, lengths):
 
     fast, fast_grads = output_and_grads()
     sat.del_mixin("sdpa-attention")
+    sat.unpad = False
     reference, reference_grads = output_and_grads()
     assert (fast - reference)[mask.bool()].abs().max() < 1e-5
     assert all(torch.allclose(fast_grads[n], reference_grads[n], atol=1e-5, rtol=1e-4) for n in reference_grads)

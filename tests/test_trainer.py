@@ -1,5 +1,6 @@
 """One stage through deepspeed.initialize on CPU, on real RTE rows and a tiny BERT backbone."""
 
+import copy
 import json
 
 import pytest
@@ -12,7 +13,8 @@ from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
 from sat_ehft.tasks import encode_examples, get_task
-from sat_ehft.trainer import NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, train_stage
+from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, make_optimizer,
+                              train_stage)
 
 CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0)
 
@@ -121,3 +123,30 @@ def test_precisions_and_zero_stages_train(tmp_path, rte_features, minilm_tokeniz
     assert {p.dtype for p in params.values()} == {dtype}
     moved = {n for n in before if not torch.equal(before[n].to(dtype), params[n].detach())}  # frozen: only cast
     assert moved == trainable
+
+
+def test_optimizer_is_fused_adamw_without_decay_on_vectors_and_steps_like_plain_adamw():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+    trainable = {"0.weight", "0.bias", "1.weight", "2.weight"}  # 1.bias and 2.bias stay frozen
+    config = Config(weight_decay=0.1)
+    optimizer = make_optimizer(model, trainable, 1e-2, config)
+    assert optimizer.defaults["fused"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = ({names[id(p)] for p in group["params"]} for group in optimizer.param_groups)
+    assert decayed == {"0.weight", "2.weight"} and plain == {"0.bias", "1.weight"}
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+    reference_model = copy.deepcopy(model)
+    reference = torch.optim.AdamW(  # torch's single-tensor loop, the textbook update
+        [{"params": [p for n, p in reference_model.named_parameters() if n in decayed], "weight_decay": 0.1},
+         {"params": [p for n, p in reference_model.named_parameters() if n in plain], "weight_decay": 0.0}],
+        lr=1e-2, betas=config.adam_betas, eps=config.adam_eps, foreach=False)
+    x = torch.randn(8, 6)
+    for net, opt in ((model, optimizer), (reference_model, reference)):
+        for _ in range(3):
+            net(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, got), expected in zip(model.named_parameters(), reference_model.parameters()):
+        assert torch.allclose(got, expected, atol=1e-6), name
+    assert torch.equal(model[2].bias, reference_model[2].bias)

@@ -16,17 +16,16 @@ def encoded(spec, tokenizer, split):
 @torch.no_grad()
 def head_inputs_and_hidden(model, features, pad_id, batch_size=64):
     """(pooled backbone features [n, d], head hidden layer [n, 2048], labels [n]) of `model` (which has a head)."""
-    head = model.get_mixin("head")
-    captured = {}
-    hook = model.transformer.final_layernorm.register_forward_hook(lambda m, i, out: captured.update(hidden=out))
+    captured = {}  # the head's first layer sees the pooled features and computes the hidden layer
+    hook = model.get_mixin("head").dense.register_forward_hook(
+        lambda m, inputs, out: captured.update(pooled=inputs[0], hidden=torch.relu(out)))
     pooled, hidden, labels = [], [], []
     try:
         for start in range(0, len(features), batch_size):
             batch = collate(features[start:start + batch_size], pad_id)
             model.encode(**model_inputs(batch))
-            inputs = head.pool(captured["hidden"], batch.get("spans"))
-            pooled.append(inputs)
-            hidden.append(torch.relu(head.dense(inputs)))
+            pooled.append(captured["pooled"])
+            hidden.append(captured["hidden"])
             labels.append(batch["labels"])
     finally:
         hook.remove()

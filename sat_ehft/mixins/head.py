@@ -12,6 +12,8 @@ import warnings
 import torch
 from sat.model.base_model import BaseMixin
 
+from sat_ehft.packing import padded_states
+
 HEAD_NAME = "head"
 POOLINGS = ("cls", "spans")
 
@@ -43,7 +45,7 @@ class ClassificationHead(BaseMixin):
         return torch.relu(self.dense(self.pool(hidden, spans)))
 
     def final_forward(self, logits, **kw_args):
-        scores = self.out(self.hidden_features(logits, kw_args.get("spans")))
+        scores = self.out(self.hidden_features(padded_states(logits, kw_args), kw_args.get("spans")))
         return scores.view(-1, self.choices) if self.choices > 1 else scores
 
 
