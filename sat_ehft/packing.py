@@ -2,9 +2,11 @@
 
 A padded [b, s] batch with ~40% real tokens (RTE at length 512) spends most of its projection and MLP
 FLOPs on padding. `pack` keeps the real tokens, laid end to end, and a `Packing` that says where each
-sequence starts; attention then runs per sequence through torch's nested (jagged) tensors, which reach
-the varlen flash / memory-efficient kernels on GPU and a per-sequence fallback on CPU. `unpack` puts the
-final hidden states back in the [b, s, hidden] layout that the head and the rest of the code expect.
+sequence sits; only attention needs it. On CUDA attention runs per sequence through torch's nested
+(jagged) tensors, which reach the varlen flash / memory-efficient kernels; on CPU, where nested
+attention falls back to a slow per-sequence loop, the packed q/k/v are scattered back to the padded
+layout for one masked SDPA call. `unpack` puts the final hidden states back in the [b, s, hidden]
+layout that the head and the rest of the code expect.
 """
 
 from dataclasses import dataclass, replace
@@ -14,65 +16,92 @@ import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
-class Packing:
-    """Where the sequences of a packed row begin and end, for queries and (with prefixes) keys."""
+class Ragged:
+    """Sequences of different lengths laid end to end, and where each token sits in the padded layout."""
 
-    keep: torch.Tensor  # [b, s] bool: the real tokens of the padded batch
-    offsets: torch.Tensor  # [b + 1] int64: query sequence i is packed[offsets[i]:offsets[i + 1]]
-    max_length: int  # longest query sequence
-    key_offsets: torch.Tensor = None  # [b + 1] int64, when keys differ from queries (prefix-tuning)
-    key_max_length: int = None
+    keep: torch.Tensor  # [b, s] bool: the real positions of the padded layout
+    offsets: torch.Tensor  # [b + 1] int64: sequence i is packed[offsets[i]:offsets[i + 1]]
+    real: torch.Tensor  # [total] int64: each packed token's flat index into the padded [b * s] layout
 
     @property
-    def batch_size(self):
-        return self.keep.shape[0]
+    def max_length(self):
+        return self.keep.shape[1]  # an upper bound is all the varlen kernels need
+
+    def nested(self, tensor):
+        """SAT-layout [1, heads, total, head] -> a nested [b, heads, ragged, head] tensor."""
+        values = tensor[0].transpose(0, 1).contiguous()  # [total, heads, head]; SAT's q/k/v are strided slices
+        nested = torch.nested.nested_tensor_from_jagged(values, self.offsets, max_seqlen=self.max_length)
+        return nested.transpose(1, 2)
+
+    def padded(self, tensor):
+        """SAT-layout [1, heads, total, head] -> [b, heads, s, head], zeros at the padding."""
+        values = tensor[0].transpose(0, 1)
+        batch, length = self.keep.shape
+        padded = values.new_zeros(batch * length, *values.shape[1:]).index_copy(0, self.real, values)
+        return padded.view(batch, length, *values.shape[1:]).transpose(1, 2)
+
+    def packed(self, tensor):
+        """[b, heads, s, head] -> SAT-layout [1, heads, total, head] (the inverse of `padded`)."""
+        batch, heads, length, size = tensor.shape
+        return tensor.transpose(1, 2).reshape(batch * length, heads, size)[self.real].transpose(0, 1).unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The ragged layout of a packed batch's queries and, when prefixes lengthen them, of its keys."""
+
+    tokens: Ragged
+    keys: Ragged
 
     def with_key_prefix(self, prefix_len):
-        """The packing of keys that carry `prefix_len` extra positions in front of every sequence."""
-        shift = torch.arange(self.batch_size + 1, device=self.offsets.device) * prefix_len
-        return replace(self, key_offsets=self.offsets + shift, key_max_length=self.max_length + prefix_len)
-
-    def prefix_gather_index(self, prefix_len):
-        """Index into cat([prefix (prefix_len rows), packed keys]) that lays each sequence's keys out as
-        its prefix followed by its own tokens, sequence after sequence."""
-        lengths = self.offsets.diff()
-        sequence = torch.repeat_interleave(torch.arange(self.batch_size, device=lengths.device), lengths + prefix_len)
-        start = self.offsets[:-1] + torch.arange(self.batch_size, device=lengths.device) * prefix_len
-        position = torch.arange(len(sequence), device=lengths.device) - start[sequence]  # within the sequence
-        token = self.offsets[:-1][sequence] + position - prefix_len  # its row in the packed keys
-        return torch.where(position < prefix_len, position, prefix_len + token)
+        """(the packing of keys with `prefix_len` extra positions in front of every sequence, the index into
+        cat([prefix, packed keys]) that lays them out: each sequence's prefix, then its own tokens)."""
+        keep, offsets = self.tokens.keep, self.tokens.offsets
+        batch, length = keep.shape
+        starts = torch.arange(batch + 1, device=offsets.device) * prefix_len + offsets
+        total = int(self.tokens.real.shape[0]) + batch * prefix_len  # a shape, so no device sync
+        sequence = torch.repeat_interleave(torch.arange(batch, device=offsets.device), starts.diff(),
+                                           output_size=total)
+        position = torch.arange(total, device=offsets.device) - starts[sequence]  # within the sequence
+        gather = torch.where(position < prefix_len, position, offsets[sequence] + position)  # token t is at t + prefix_len
+        visible = torch.ones(batch, prefix_len, dtype=torch.bool, device=keep.device)
+        keys = Ragged(keep=torch.cat([visible, keep], dim=1), offsets=starts,
+                      real=sequence * (length + prefix_len) + position)
+        return replace(self, keys=keys), gather
 
     def attention(self, query, key, value, dropout_p=0.0):
         """SDPA per sequence on SAT-layout [1, heads, total, head] tensors; the output in the same layout."""
-        query = self._nested(query, self.offsets, self.max_length)
-        key_offsets, key_max = (self.offsets, self.max_length) if self.key_offsets is None else \
-            (self.key_offsets, self.key_max_length)
-        key, value = (self._nested(t, key_offsets, key_max) for t in (key, value))
-        output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+        route = self.nested_attention if query.device.type == "cuda" else self.padded_attention
+        return route(query, key, value, dropout_p)
+
+    def nested_attention(self, query, key, value, dropout_p=0.0):
+        """`attention` through nested tensors: varlen kernels, no padding anywhere (CUDA)."""
+        output = F.scaled_dot_product_attention(self.tokens.nested(query), self.keys.nested(key),
+                                                self.keys.nested(value), dropout_p=dropout_p)
         return output.transpose(1, 2).values().transpose(0, 1).unsqueeze(0)
 
-    @staticmethod
-    def _nested(tensor, offsets, max_length):
-        """[1, heads, total, head] -> a nested [b, heads, ragged, head] tensor."""
-        values = tensor[0].transpose(0, 1).contiguous()  # [total, heads, head]; SAT's q/k/v are strided slices
-        nested = torch.nested.nested_tensor_from_jagged(values, offsets, max_seqlen=max_length)
-        return nested.transpose(1, 2)
+    def padded_attention(self, query, key, value, dropout_p=0.0):
+        """`attention` as one masked SDPA call on the padded layout (CPU, where it beats the nested loop)."""
+        output = F.scaled_dot_product_attention(
+            self.tokens.padded(query), self.keys.padded(key), self.keys.padded(value),
+            attn_mask=self.keys.keep[:, None, None, :], dropout_p=dropout_p)
+        return self.tokens.packed(output)
 
 
 def pack(attention_mask, *token_rows):
     """(Packing, each [b, s] tensor of `token_rows` reduced to its real tokens as a [1, total] row)."""
     keep = attention_mask.bool()
-    lengths = keep.sum(1)
-    offsets = F.pad(torch.cumsum(lengths, 0), (1, 0))
-    packing = Packing(keep=keep, offsets=offsets, max_length=attention_mask.shape[1])
-    real = keep.flatten().nonzero().squeeze(1)  # one host sync per batch, shared by every row
-    return packing, [row.flatten()[real].unsqueeze(0) for row in token_rows]
+    offsets = F.pad(torch.cumsum(keep.sum(1), 0), (1, 0))
+    real = keep.flatten().nonzero().squeeze(1)  # one host sync per batch, shared by every row and layer
+    tokens = Ragged(keep=keep, offsets=offsets, real=real)
+    return Packing(tokens=tokens, keys=tokens), [row.flatten()[real].unsqueeze(0) for row in token_rows]
 
 
 def unpack(hidden, packing):
     """[1, total, hidden] packed states -> [b, s, hidden] with zeros at the padding."""
-    padded = hidden.new_zeros(*packing.keep.shape, hidden.shape[-1])
-    return padded.masked_scatter(packing.keep.unsqueeze(-1), hidden[0])
+    batch, length = packing.tokens.keep.shape
+    padded = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy(0, packing.tokens.real, hidden[0])
+    return padded.view(batch, length, -1)
 
 
 def padded_states(hidden, kw_args):

@@ -23,9 +23,8 @@ class PrefixTuningMixin(BaseMixin):
         prefix_k, prefix_v = self.prefix[int(kw_args["layer_id"])].to(k.dtype)
         packing = kw_args.get("packing")
         if packing is not None:  # packed [1, heads, total, head]: each sequence's keys get the prefix in front
-            index = packing.prefix_gather_index(self.prefix_len)
+            kw_args["packing"], index = packing.with_key_prefix(self.prefix_len)
             k, v = (torch.cat([p, t[0]], dim=1)[:, index].unsqueeze(0) for p, t in ((prefix_k, k), (prefix_v, v)))
-            kw_args["packing"] = packing.with_key_prefix(self.prefix_len)
             return old_impl(q, k, v, mask, dropout_fn, **kw_args)
         batch = k.shape[0]
         k = torch.cat([prefix_k.expand(batch, -1, -1, -1), k], dim=2)
