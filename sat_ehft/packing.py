@@ -30,7 +30,8 @@ class Ragged:
     def nested(self, tensor):
         """SAT-layout [1, heads, total, head] -> a nested [b, heads, ragged, head] tensor."""
         values = tensor[0].transpose(0, 1).contiguous()  # [total, heads, head]; SAT's q/k/v are strided slices
-        nested = torch.nested.nested_tensor_from_jagged(values, self.offsets, max_seqlen=self.max_length)
+        # Bounds given, so that the kernel choice needs no device sync (every sequence has its first token).
+        nested = torch.nested.nested_tensor_from_jagged(values, self.offsets, min_seqlen=1, max_seqlen=self.max_length)
         return nested.transpose(1, 2)
 
     def padded(self, tensor):
