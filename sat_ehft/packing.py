@@ -65,8 +65,9 @@ class Packing:
                                            output_size=total)
         position = torch.arange(total, device=offsets.device) - starts[sequence]  # within the sequence
         gather = torch.where(position < prefix_len, position, offsets[sequence] + position)  # token t is at t + prefix_len
-        visible = torch.ones(batch, prefix_len, dtype=torch.bool, device=keep.device)
-        keys = Ragged(keep=torch.cat([visible, keep], dim=1), offsets=starts,
+        # The keys' own padded layout (used by the CPU route): each sequence's keys from its row's start.
+        key_positions = torch.arange(length + prefix_len, device=keep.device)
+        keys = Ragged(keep=key_positions < starts.diff()[:, None], offsets=starts,
                       real=sequence * (length + prefix_len) + position)
         return replace(self, keys=keys), gather
 

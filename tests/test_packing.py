@@ -56,3 +56,17 @@ def test_packed_attention_routes_equal_attention_per_sequence(route, prefix_len)
     got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
     expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
     assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got_grads, expected_grads))
+
+
+def test_left_padded_batches_pack_and_attend_like_right_padded_ones():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=generator) for _ in range(3))
+    outputs = []
+    for mask in (right, left):
+        packing, _ = pack(mask)
+        packing, _ = packing.with_key_prefix(2)
+        prefixed = [torch.cat([t[:, :, :2], t], dim=2)[:, :, [0, 1, 2, 3, 4, 0, 1, 5, 6]] for t in (k, v)]
+        outputs.append(packing.padded_attention(q, *prefixed))
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
