@@ -11,7 +11,7 @@ setup(
     install_requires=[
         # The backbones are SAT models; we rely on 0.4.12's module layout and checkpoint format.
         "SwissArmyTransformer==0.4.12",
-        "torch>=2.1",
+        "torch>=2.5",  # nested (jagged) attention with length bounds; fused AdamW on CPU
         "deepspeed>=0.14",
         "transformers>=4.40",
         "datasets>=2.18",
