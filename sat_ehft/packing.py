@@ -9,7 +9,7 @@ layout for one masked SDPA call. `unpack` puts the final hidden states back in t
 layout that the head and the rest of the code expect.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,17 @@ class Packing:
 
     tokens: Ragged
     keys: Ragged
+    _key_prefixes: dict = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def with_key_prefix(self, prefix_len):
         """(the packing of keys with `prefix_len` extra positions in front of every sequence, the index into
-        cat([prefix, packed keys]) that lays them out: each sequence's prefix, then its own tokens)."""
+        cat([prefix, packed keys]) that lays them out: each sequence's prefix, then its own tokens).
+        Built once per batch: every layer's prefix asks for the same layout."""
+        if prefix_len not in self._key_prefixes:
+            self._key_prefixes[prefix_len] = self._key_prefix_layout(prefix_len)
+        return self._key_prefixes[prefix_len]
+
+    def _key_prefix_layout(self, prefix_len):
         keep, offsets = self.tokens.keep, self.tokens.offsets
         batch, length = keep.shape
         starts = torch.arange(batch + 1, device=offsets.device) * prefix_len + offsets

@@ -29,6 +29,7 @@ def test_key_prefix_layout_puts_each_prefix_in_front_of_its_sequence():
     assert keys.keys.keep.tolist() == [[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]]
     assert keys.keys.real.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13]  # flat in [3, 5]
     assert keys.tokens is packing.tokens
+    assert packing.with_key_prefix(2)[0] is keys  # built once per batch, shared by every layer
 
 
 def per_sequence_attention(q, k, v, query_offsets, key_offsets):
