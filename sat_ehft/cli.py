@@ -54,15 +54,15 @@ def cmd_data(args):
         print("\n".join(split_report(task, split, examples, tokenizer, args.max_length)))
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout's configs/
-
-
 def default_config(task):
-    """configs/<task>.yaml of a source checkout, if there is one."""
-    from sat_ehft.tasks import get_task
+    """configs/<task>.yaml as shipped with sat-ehft (a checkout's, or the installed package's)."""
+    from sat_ehft.config import configs_dir
 
-    path = CONFIGS / f"{get_task(task).name}.yaml"
-    return path if path.is_file() else None
+    path = configs_dir() / f"{task}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; this install of sat-ehft lacks its configs/. "
+                                "Pass --config FILE (or reinstall sat-ehft)")
+    return path
 
 
 def cmd_train(args):
@@ -126,7 +126,27 @@ def cmd_bench(args):
     print(bench.table(result))
 
 
+def registered(registry):
+    """An argparse type: a name of `registry` (tasks or methods), checked on the command line, before SAT and
+    DeepSpeed are imported; it returns the registered spelling (sts-b for STSB)."""
+
+    def name(text):
+        try:
+            return registry.get_item(text).name
+        except KeyError as err:
+            raise argparse.ArgumentTypeError(err.args[0]) from None
+
+    name.__name__ = registry.kind  # argparse names the type in its messages
+    return name
+
+
 def build_parser():
+    from sat_ehft.config import configs_dir
+    from sat_ehft.methods import METHODS
+    from sat_ehft.tasks import TASKS
+
+    task, method = registered(TASKS), registered(METHODS)
+    tasks_help, methods_help = f"one of: {', '.join(TASKS)}", f"one of: {', '.join(METHODS)}"
     parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -136,7 +156,7 @@ def build_parser():
     convert.set_defaults(func=cmd_convert)
 
     data = commands.add_parser("data", help="split sizes, label distribution and token lengths of a task")
-    data.add_argument("--task", required=True, help="task name, e.g. rte, boolq, sts-b")
+    data.add_argument("--task", required=True, type=task, help=tasks_help)
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="folder holding superglue/<TASK>/... and glue/<TASK>/...")
     source.add_argument("--hub", action="store_true", help="read the task from the Hugging Face hub")
@@ -145,29 +165,29 @@ def build_parser():
     data.set_defaults(func=cmd_data)
 
     train = commands.add_parser("train", help="train one task with one method (all stages, or --stage N)")
-    train.add_argument("--task", required=True, help="task name, e.g. rte")
-    train.add_argument("--method", required=True, help="method name, e.g. ehft-bitfit (see README)")
+    train.add_argument("--task", required=True, type=task, help=tasks_help)
+    train.add_argument("--method", required=True, type=method, help=methods_help)
     train.add_argument("--model", required=True, help="SAT folder, Hugging Face folder or model name")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="folder holding superglue/<TASK>/... and glue/<TASK>/...")
     source.add_argument("--hub", action="store_true", help="read the task from the Hugging Face hub")
     train.add_argument("--seed", type=int, default=1, help="random seed (head init, data order, dropout)")
     train.add_argument("--out", required=True, help="run folder; rerunning resumes it")
-    train.add_argument("--config", help="YAML config (default: configs/<task>.yaml of this checkout)")
+    train.add_argument("--config", help="YAML config (default: the configs/<task>.yaml shipped with sat-ehft)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--stage", type=int, help="run only this stage (1-based), as finetune_scripts/ do")
     train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
     train.set_defaults(func=cmd_train)
 
     sweep = commands.add_parser("sweep", help="run a grid of tasks x methods x seeds (resumable), or write launchers")
-    sweep.add_argument("--tasks", nargs="+", required=True)
-    sweep.add_argument("--methods", nargs="+", required=True)
+    sweep.add_argument("--tasks", nargs="+", required=True, type=task, help=tasks_help)
+    sweep.add_argument("--methods", nargs="+", required=True, type=method, help=methods_help)
     sweep.add_argument("--seeds", nargs="+", type=int, required=True)
     sweep.add_argument("--model", required=True, help="backbone for every run")
     sweep.add_argument("--data-dir", required=True, help="official files for every task")
     sweep.add_argument("--out", required=True, help="grid folder: OUT/<task>/<method>/seed<N>/")
-    sweep.add_argument("--config-dir", default=str(CONFIGS),
-                       help="folder with a <task>.yaml per task (default: this checkout's configs/)")
+    sweep.add_argument("--config-dir", default=str(configs_dir()),
+                       help="folder with a <task>.yaml per task (default: the configs/ shipped with sat-ehft)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                        help="add a grid dimension over a config key (e.g. lora_r=8,16,32)")
@@ -197,10 +217,12 @@ def build_parser():
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--steps", type=int, default=10, help="timed steps per side")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-    bench.add_argument("--method", default="ft", help="whose first stage decides what trains on our side")
+    bench.add_argument("--method", default="ft", type=method,
+                       help="whose first stage decides what trains on our side; " + methods_help)
     bench.add_argument("--padded", action="store_true",
                        help="keep our side on the padded layout (config unpad: false), to see what unpadding buys")
-    bench.add_argument("--task", default="rte", help="task whose training-set token lengths the batches follow")
+    bench.add_argument("--task", default="rte", type=task,
+                       help="task whose training-set token lengths the batches follow; " + tasks_help)
     bench.add_argument("--data-dir", required=True, help="official files of --task")
     bench.add_argument("--tokenizer", default="all-MiniLM-L6-v2", help="model whose tokenizer measures the lengths")
     bench.add_argument("--max-length", type=int, default=512)

@@ -91,6 +91,12 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def configs_dir():
+    """The shipped configs/: inside the installed package (a wheel, see setup.py), else this source checkout's."""
+    installed = Path(__file__).resolve().parent / "configs"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+
+
 def _coerce(key, value, where):
     """Check (and gently convert) `value` against the declared type of `key`."""
     if key not in FIELDS:

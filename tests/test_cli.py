@@ -1,5 +1,6 @@
 """`sat-ehft data` and `sat-ehft convert` as a user runs them."""
 
+import os
 import re
 import subprocess
 import sys
@@ -70,10 +71,41 @@ def test_convert_writes_a_folder_sat_automodel_loads(tmp_path, capsys):
 
 def test_train_errors_name_what_is_wrong(tmp_path, tiny_bert, rte_dir, capsys):
     base = ["train", "--task", "rte", "--model", str(tiny_bert), "--data-dir", str(rte_dir), "--out", str(tmp_path)]
-    assert main([*base, "--method", "ehft-adapter"]) == 2
-    assert "unknown method 'ehft-adapter'; known methods: bitfit" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main([*base, "--method", "ehft-adapter"])
+    assert "argument --method: unknown method 'ehft-adapter'; known methods: bitfit" in capsys.readouterr().err
     assert main([*base, "--method", "ft", "--set", "learning_rate=1e-5"]) == 2
     assert "--set learning_rate: unknown config key 'learning_rate'" in capsys.readouterr().err
     assert main([*base, "--method", "ehft-bitfit", "--stage", "3"]) == 2
     assert "--stage 3: method ehft-bitfit has stages 1..2" in capsys.readouterr().err
     assert not (tmp_path / "run.json").exists()  # nothing is written for a command that cannot run
+
+
+def test_help_lists_every_task_and_method():
+    from sat_ehft.methods import METHODS
+    from sat_ehft.tasks import TASKS
+
+    for command in ("train", "sweep"):
+        run = subprocess.run([sys.executable, "-m", "sat_ehft", command, "--help"], capture_output=True, text=True,
+                             cwd=REPO, timeout=120, env={**os.environ, "COLUMNS": "1000"})  # no wrapped lines
+        assert run.returncode == 0
+        assert f"one of: {', '.join(TASKS)}" in run.stdout and f"one of: {', '.join(METHODS)}" in run.stdout
+
+
+@pytest.mark.parametrize("option, value, message", [("--method", "ehft-adapter", "unknown method 'ehft-adapter'"),
+                                                    ("--task", "sst2", "unknown task 'sst2'")])
+def test_unknown_names_fail_before_sat_and_deepspeed_are_imported(tmp_path, option, value, message):
+    argv = {"--task": "rte", "--method": "ft", option: value}
+    probe = ("import sys\nfrom sat_ehft.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n"
+             "    print(exit.code, sorted(m for m in ('sat', 'deepspeed') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", probe, "train", "--task", argv["--task"], "--method", argv["--method"],
+                          "--model", "m", "--data-dir", "d", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.stdout.split("\n")[0] == "2 []"
+    assert f"argument {option}: {message}" in run.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_task_names_are_taken_in_any_spelling(capsys, shared_data):
+    assert main(["data", "--task", "STSB", "--data-dir", str(shared_data)]) == 0
+    assert capsys.readouterr().out.startswith("task sts-b (glue/STS-B)")

@@ -6,8 +6,6 @@ names in `carries` from the previous one (EH-FT: the head; EH-FT-reserve: the he
 
 from dataclasses import dataclass
 
-from sat_ehft.mixins import bias_names
-
 PAPER_STAGE1_SHARE = 0.1  # Stage 2 keeps 90% of the epochs in 'stage2-fixed' mode
 POLICIES = ("all", "head", "bias", "lora", "prefix", "topk")
 
@@ -61,6 +59,9 @@ class Stage:
         if self.trains == "all":
             return set(names)
         if self.trains == "bias":
+            # Imported here: sat_ehft.mixins imports SAT (seconds), and the CLI checks method names before that.
+            from sat_ehft.mixins import bias_names
+
             return head | set(bias_names(model))
         if self.trains in ("lora", "prefix"):
             return head | {n for n in names if n.startswith(f"mixins.{self.trains}.")}
