@@ -12,7 +12,8 @@ def sequences(input_ids):
 
 
 def collate(features, pad_id):
-    """{'input_ids', 'attention_mask', 'token_type_ids' [rows, longest], 'labels' [examples], 'spans'?}."""
+    """{'input_ids', 'attention_mask', 'token_type_ids' [rows, longest], 'labels' [examples], 'spans'?};
+    no 'labels' for unlabelled examples (a test split)."""
     ids = [row for f in features for row in sequences(f["input_ids"])]
     types = [row for f in features for row in sequences(f["token_type_ids"])]
     longest = max(len(row) for row in ids)
@@ -20,8 +21,9 @@ def collate(features, pad_id):
         "input_ids": torch.tensor([row + [pad_id] * (longest - len(row)) for row in ids]),
         "attention_mask": torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids]),
         "token_type_ids": torch.tensor([row + [0] * (longest - len(row)) for row in types]),
-        "labels": torch.tensor([f["label"] for f in features]),
     }
+    if features[0]["label"] is not None:
+        batch["labels"] = torch.tensor([f["label"] for f in features])
     if "spans" in features[0]:
         batch["spans"] = torch.tensor([f["spans"] for f in features])
     return batch

@@ -50,7 +50,7 @@ def cmd_data(args):
         tokenizer = load_model_tokenizer(args.model)
     print(f"task {task.name} ({task.benchmark}/{task.folder}), metrics: {', '.join(task.metrics)}")
     for split in ("train", "dev"):
-        examples = task.read_hub(split) if args.hub else task.read(args.data_dir, split)
+        examples = task.read_split(None if args.hub else args.data_dir, split)
         print("\n".join(split_report(task, split, examples, tokenizer, args.max_length)))
 
 
@@ -76,6 +76,18 @@ def cmd_train(args):
     if result:
         print(f"{result['task']} {result['method']} seed {result['seed']}: best {result['metric']} "
               f"{result['best']:.4f} (epoch {result['best_epoch']}), last {result['last']:.4f}")
+
+
+def cmd_predict(args):
+    from sat_ehft.predict import default_output, load_classifier, predict, write_predictions
+
+    classifier = load_classifier(args.run)
+    predictions = predict(classifier, args.split, data_dir=args.data_dir, hub=args.hub)
+    path = write_predictions(predictions, args.out or default_output(args.run, args.split, args.format), args.format)
+    print(f"{classifier.spec.task} {args.split}: {len(predictions.examples)} predictions of {classifier.source} "
+          f"written to {path}")
+    if predictions.metrics:
+        print("metrics: " + ", ".join(f"{name} {value:.4f}" for name, value in predictions.metrics.items()))
 
 
 def cmd_sweep(args):
@@ -178,6 +190,21 @@ def build_parser():
     train.add_argument("--stage", type=int, help="run only this stage (1-based), as finetune_scripts/ do")
     train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
     train.set_defaults(func=cmd_train)
+
+    predict = commands.add_parser("predict", help="a finished run's predictions on dev or test (jsonl, or leaderboard files)")
+    predict.add_argument("run", help="run folder written by sat-ehft train")
+    predict.add_argument("--split", choices=["dev", "test"], default="dev",
+                         help="test: the official, label-less test file (DATA_DIR/.../test.jsonl or test.tsv)")
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help="folder holding superglue/<TASK>/... and glue/<TASK>/... "
+                        "(default: the run's own)")
+    source.add_argument("--hub", action="store_true", help="read the split from the Hugging Face hub")
+    predict.add_argument("--format", choices=["jsonl", "leaderboard"], default="jsonl",
+                         help="jsonl: a line per example with the label, its probability and all probabilities; "
+                         "leaderboard: the GLUE/SuperGLUE server's file for this task (RTE.jsonl, MRPC.tsv, ...)")
+    predict.add_argument("--out", help="jsonl: the file to write (default RUN/predictions/SPLIT.jsonl); "
+                         "leaderboard: the folder to write the task's file into (default RUN/leaderboard/SPLIT)")
+    predict.set_defaults(func=cmd_predict)
 
     sweep = commands.add_parser("sweep", help="run a grid of tasks x methods x seeds (resumable), or write launchers")
     sweep.add_argument("--tasks", nargs="+", required=True, type=task, help=tasks_help)

@@ -143,12 +143,17 @@ def convert_hf_folder(hf_dir, out_dir):
     state_dict = sat_state_dict(hf_config, read_hf_state_dict(hf_dir), source=str(hf_weights_file(hf_dir)))
     with atomic_dir(out_dir) as tmp:
         write_sat_checkpoint(tmp, sat_model_config(hf_config), state_dict)
-        tokenizer_files = [Path(hf_dir) / n for n in TOKENIZER_FILES if (Path(hf_dir) / n).is_file()]
-        if tokenizer_files:
-            (tmp / TOKENIZER_SUBDIR).mkdir()
-            for path in tokenizer_files:
-                shutil.copy2(path, tmp / TOKENIZER_SUBDIR / path.name)
+        copy_tokenizer_files(hf_dir, tmp / TOKENIZER_SUBDIR)
     return Path(out_dir)
+
+
+def copy_tokenizer_files(source, target):
+    """Copy the tokenizer files found in the folder `source` into the new folder `target` (if there are any)."""
+    paths = [Path(source) / n for n in TOKENIZER_FILES if (Path(source) / n).is_file()]
+    if paths:
+        Path(target).mkdir()
+        for path in paths:
+            shutil.copy2(path, Path(target) / path.name)
 
 
 def cache_root():

@@ -21,3 +21,15 @@ def predict(scores, objective):
     if objective == "binary":
         return (scores.squeeze(-1) > 0).long()
     return torch.argmax(scores, dim=-1)
+
+
+def probabilities(scores, objective):
+    """Each class's (or choice's) probability, [examples, classes], from a batch of head outputs; None for
+    regression. A binary task's single logit is P(class 1)."""
+    if objective == "regression":
+        return None
+    scores = scores.float()
+    if objective == "binary":
+        positive = torch.sigmoid(scores.squeeze(-1))
+        return torch.stack([1 - positive, positive], dim=-1)
+    return torch.softmax(scores, dim=-1)

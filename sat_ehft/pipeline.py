@@ -31,7 +31,8 @@ import torch.distributed as dist
 from sat_ehft.atomic import atomic_dir, atomic_path, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
-from sat_ehft.convert import write_sat_checkpoint
+from sat_ehft.convert import TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
+from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
@@ -126,11 +127,13 @@ def save_trained(model, trainable, fingerprint, path):
         torch.save({"tensors": tensors, "backbone": fingerprint}, tmp)
 
 
-def save_model(model, config, folder):
-    """The classifier as a SAT checkpoint folder that SAT's AutoModel (after importing sat_ehft.backbone) loads."""
+def save_model(model, backbone, folder):
+    """The classifier as a SAT checkpoint folder that SAT's AutoModel (after importing sat_ehft.backbone) loads,
+    with the backbone's tokenizer files in its tokenizer/ subfolder."""
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
     with atomic_dir(folder) as tmp:
-        write_sat_checkpoint(tmp, config, state)
+        write_sat_checkpoint(tmp, backbone.config, state)
+        copy_tokenizer_files(tokenizer_folder(backbone.folder), tmp / TOKENIZER_SUBDIR)
 
 
 def summarize(task, records):
@@ -141,8 +144,8 @@ def summarize(task, records):
 
 
 def encoded_splits(task, spec, tokenizer):
-    read = (lambda split: task.read(spec.data_dir, split)) if spec.data_dir else task.read_hub
-    return [encode_examples(task, read(split), tokenizer, spec.config.max_length) for split in ("train", "dev")]
+    return [encode_examples(task, task.read_split(spec.data_dir, split), tokenizer, spec.config.max_length)
+            for split in ("train", "dev")]
 
 
 @dataclass
@@ -191,7 +194,7 @@ def run_stage(spec, out, index):
     if is_main():
         save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, folder / "trained.pt")
         if spec.config.save_model and index == len(method.stages) - 1:
-            save_model(ready.model, ready.backbone.config, Path(out) / "model")
+            save_model(ready.model, ready.backbone, Path(out) / "model")
         write_json(folder / "done.json", done)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     barrier()

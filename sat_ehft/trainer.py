@@ -88,18 +88,22 @@ def make_optimizer(model, trainable, lr, config):
 
 
 @torch.no_grad()
-def evaluate(model, task, features, batch_size, pad_id, device):
-    """{metric: value} of `model` on encoded `features` (every rank evaluates the whole dev set)."""
+def head_scores(model, features, batch_size, pad_id, device):
+    """The head's outputs for encoded `features`, in order, on the CPU ([examples, outputs or choices])."""
     was_training = model.training
     model.eval()
-    predictions, labels = [], []
+    scores = []
     for start in range(0, len(features), batch_size):
         batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], pad_id).items()}
-        scores = model.encode(**model_inputs(batch))
-        predictions.append(objective.predict(scores, task.objective).cpu())
-        labels.append(batch["labels"].cpu())
+        scores.append(model.encode(**model_inputs(batch)).cpu())
     model.train(was_training)
-    return metrics.compute(task.metrics, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
+    return torch.cat(scores)
+
+
+def evaluate(model, task, features, batch_size, pad_id, device):
+    """{metric: value} of `model` on encoded, labelled `features` (every rank evaluates the whole dev set)."""
+    predictions = objective.predict(head_scores(model, features, batch_size, pad_id, device), task.objective)
+    return metrics.compute(task.metrics, predictions.numpy(), [f["label"] for f in features])
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,8 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "superglue/RTE/train.jsonl").write_text("\n")
     with pytest.raises(DataError, match=r"train\.jsonl: empty file"):
         get_task("rte").read(tmp_path, "train")
-    with pytest.raises(DataError, match="task rte has no split 'test'; known: train, dev"):
-        get_task("rte").read(tmp_path, "test")
+    with pytest.raises(DataError, match="task rte has no split 'validation'; known: train, dev, test"):
+        get_task("rte").read(tmp_path, "validation")
 
 
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"

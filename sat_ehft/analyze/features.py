@@ -9,8 +9,7 @@ from sat_ehft.tasks import encode_examples, get_task
 
 def encoded(spec, tokenizer, split):
     task = get_task(spec.task)
-    examples = task.read(spec.data_dir, split) if spec.data_dir else task.read_hub(split)
-    return task, encode_examples(task, examples, tokenizer, spec.config.max_length)
+    return task, encode_examples(task, task.read_split(spec.data_dir, split), tokenizer, spec.config.max_length)
 
 
 @torch.no_grad()

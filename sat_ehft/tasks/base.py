@@ -11,8 +11,9 @@ from pathlib import Path
 from sat_ehft.batching import sequences
 from sat_ehft.tokenizer import check_unk_rate
 
-SPLITS = ("train", "dev")
-HUB_SPLITS = {"train": "train", "dev": "validation"}
+SPLITS = ("train", "dev", "test")  # the official test splits carry no labels
+HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+HUB_NO_LABEL = -1  # the hub's label on test rows
 UNK_CHECK_CHUNK = 256  # examples per UNK-rate check: one encoding "batch"
 
 
@@ -23,8 +24,9 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Example:
     fields: dict  # the task's input fields, named as in SuperGLUE/GLUE
-    label: object  # class index (int) or regression target (float)
+    label: object  # class index (int) or regression target (float); None where the file has none (test)
     source: str  # "file:line", for messages about this example
+    id: int  # the official example id (SuperGLUE idx, GLUE index), else the row number from 0
 
 
 def read_jsonl(path):
@@ -40,11 +42,12 @@ def read_jsonl(path):
         yield number, record
 
 
-def read_tsv(path, columns, header):
+def read_tsv(path, columns, header, optional=None):
     """Yield (line number, {field: text}) from an official GLUE tsv file.
 
     `columns` maps our field names to header names (when `header`) or to column indices (headerless,
-    as CoLA). Fields are split on tabs only: GLUE text holds quotes that csv quoting would eat.
+    as CoLA); `optional` maps fields to header names that are read when the header has them. Fields are
+    split on tabs only: GLUE text holds quotes that csv quoting would eat.
     """
     lines = _read_lines(path)
     start = 1
@@ -53,7 +56,8 @@ def read_tsv(path, columns, header):
         absent = [c for c in columns.values() if c not in names]
         if absent:
             raise DataError(f"{path}:1: header lacks column(s) {absent}; found {names}")
-        index = {field: names.index(name) for field, name in columns.items()}
+        present = {field: name for field, name in (optional or {}).items() if name in names}
+        index = {field: names.index(name) for field, name in {**columns, **present}.items()}
         width, lines, start = len(names), lines[1:], 2
         if not lines:
             raise DataError(f"{path}: has a header but no rows")
@@ -88,7 +92,8 @@ class Task:
     """
 
     def __init__(self, name, *, benchmark, folder, text_fields, labels, metrics, hub,
-                 truncation="longest_first", tsv_columns=None, tsv_header=True, label_range=None):
+                 truncation="longest_first", tsv_columns=None, tsv_header=True, test_tsv_columns=None,
+                 label_range=None):
         self.name = name
         self.benchmark = benchmark  # "superglue" (jsonl) or "glue" (tsv)
         self.folder = folder  # e.g. "RTE": files live in DATA_DIR/<benchmark>/<folder>/
@@ -99,6 +104,7 @@ class Task:
         self.truncation = truncation  # tokenizer truncation strategy for too-long pairs
         self.tsv_columns = tsv_columns  # GLUE: field -> header name (or column index)
         self.tsv_header = tsv_header
+        self.test_tsv_columns = test_tsv_columns  # GLUE test files laid out unlike train/dev (CoLA's has a header)
         self.label_range = label_range  # regression: the (low, high) a target must lie in
 
     @property
@@ -135,7 +141,7 @@ class Task:
         if split not in SPLITS:
             raise DataError(f"task {self.name} has no split '{split}'; known: {', '.join(SPLITS)}")
         suffix = "jsonl" if self.benchmark == "superglue" else "tsv"
-        name = {"train": "train", "dev": "val" if self.benchmark == "superglue" else "dev"}[split]
+        name = {"train": "train", "dev": "val" if self.benchmark == "superglue" else "dev", "test": "test"}[split]
         return Path(data_dir) / self.benchmark / self.folder / f"{name}.{suffix}"
 
     def read(self, data_dir, split):
@@ -147,8 +153,25 @@ class Task:
         if self.benchmark == "superglue":
             records = read_jsonl(path)
         else:
-            records = read_tsv(path, self.tsv_columns, self.tsv_header)
-        return [self.example(record, f"{path}:{number}") for number, record in records]
+            records = read_tsv(path, *self.tsv_layout(split))
+        return [self.example(record, f"{path}:{number}", row, labelled=split != "test")
+                for row, (number, record) in enumerate(records)]
+
+    def tsv_layout(self, split):
+        """(columns, header, optional columns) of this task's GLUE file for `split`: test files have no label
+        column (a label column, if there, is still read), and the `index` column is read where there is one."""
+        if split == "test" and self.test_tsv_columns is not None:
+            columns, header = dict(self.test_tsv_columns), True
+        else:
+            columns, header = dict(self.tsv_columns), self.tsv_header
+        optional = {"idx": "index"}
+        if split == "test" and "label" in columns:
+            optional["label"] = columns.pop("label")
+        return columns, header, optional
+
+    def read_split(self, data_dir, split):
+        """The examples of `split`: from the official files under `data_dir`, or from the hub when it is None."""
+        return self.read(data_dir, split) if data_dir else self.read_hub(split)
 
     def read_hub(self, split):
         """The examples of `split` from the Hugging Face hub (online only)."""
@@ -161,19 +184,33 @@ class Task:
 
         rows = datasets.load_dataset(*self.hub, split=HUB_SPLITS[split])
         examples = []
-        for number, row in enumerate(rows, start=1):
-            # The hub stores class indices in the same order as self.labels.
-            label = row["label"] if self.is_regression else self.labels[row["label"]]
-            examples.append(self.example({**row, "label": label}, f"hub {'/'.join(self.hub)}[{split}]#{number}"))
+        for number, row in enumerate(rows):
+            # The hub stores class indices in the same order as self.labels, and -1 where there is no label.
+            label = row["label"] if self.is_regression or row["label"] == HUB_NO_LABEL else self.labels[row["label"]]
+            record = {**row, "label": None if row["label"] == HUB_NO_LABEL else label}
+            examples.append(self.example(record, f"hub {'/'.join(self.hub)}[{split}]#{number + 1}", number,
+                                         labelled=split != "test"))
         return examples
 
-    def example(self, record, source):
-        for field in (*self.required_fields, "label"):
+    def example(self, record, source, row, labelled=True):
+        """The Example of one record; `row` (from 0) is its id when the record has no idx. Unless `labelled`
+        (the test split), the label may be absent."""
+        needed = (*self.required_fields, "label") if labelled else self.required_fields
+        for field in needed:
             if field not in record or record[field] is None:
                 raise DataError(f"{source}: missing field '{field}'")
         self.check_record(record, source)
-        return Example(fields={f: record[f] for f in self.required_fields},
-                       label=self.parse_label(record["label"], source), source=source)
+        label = record.get("label")
+        return Example(fields={f: record[f] for f in self.required_fields}, source=source,
+                       label=None if label is None else self.parse_label(label, source),
+                       id=self.parse_id(record.get("idx", row), source))
+
+    @staticmethod
+    def parse_id(raw, source):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: idx/index {raw!r} is not an integer") from None
 
     def check_record(self, record, source):
         for field in self.text_fields:

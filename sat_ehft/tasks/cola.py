@@ -1,7 +1,8 @@
 from sat_ehft.tasks.base import Task
 from sat_ehft.tasks.registry import register
 
-# The official CoLA files have no header: source, label, original mark, sentence.
+# The official CoLA train/dev files have no header: source, label, original mark, sentence. The test file has
+# one: index, sentence.
 register(Task("cola", benchmark="glue", folder="CoLA", text_fields=("sentence",),
               labels=("0", "1"), metrics=("matthews", "accuracy"), hub=("glue", "cola"),
-              tsv_columns={"label": 1, "sentence": 3}, tsv_header=False))
+              tsv_columns={"label": 1, "sentence": 3}, tsv_header=False, test_tsv_columns={"sentence": "sentence"}))

@@ -1,0 +1,164 @@
+"""`sat-ehft predict`: a finished run's classifier on dev (its metrics equal the run's) and on label-less test
+files, written as jsonl or as the GLUE/SuperGLUE servers' files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from sat_ehft.cli import main
+from sat_ehft.config import Config
+from sat_ehft.pipeline import RunSpec, run
+from sat_ehft.predict import Predictions, load_classifier, predict, write_predictions
+from sat_ehft.tasks import get_task
+
+CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=5, max_length=64, lr=1e-3, lora_r=2,
+                prefix_len=3, stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2})
+# (task, method, config changes): every objective, pooling and final-stage mixin, both classifier sources.
+RUNS = [("rte", "ehft-bitfit", {}), ("cb", "ft", {"save_model": True}), ("copa", "ehft-lora", {}),
+        ("wic", "prefix", {}), ("sts-b", "ft", {}), ("mrpc", "ehft-lora-reserve", {"save_model": True}),
+        ("cola", "lp-ft", {})]
+
+
+def official_subset(root, shared_data, task, rows=24):
+    """The first `rows` lines of the task's train and dev files (and the header line of a GLUE file)."""
+    for split in ("train", "dev"):
+        source = task.file(shared_data, split)
+        lines = source.read_text(encoding="utf-8").splitlines()
+        keep = 1 if task.benchmark == "glue" and task.tsv_header else 0
+        target = task.file(root, split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n".join(lines[:rows + keep]) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_data, tiny_bert):
+    root = tmp_path_factory.mktemp("predict")
+    folders = {}
+    for name, method, changes in RUNS:
+        data = official_subset(root / "data", shared_data, get_task(name))
+        spec = RunSpec(name, method, str(tiny_bert), str(data), 2, Config(**{**CONFIG.__dict__, **changes}))
+        run(spec, root / name, log=lambda line: None)
+        folders[name] = root / name
+    return folders
+
+
+def final_stage_last(run_dir):
+    result = json.loads((run_dir / "result.json").read_text())
+    return list(result["stages"].values())[-1]["last"]
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in RUNS])
+def test_dev_metrics_equal_the_runs_last_epoch(runs, name):
+    classifier = load_classifier(runs[name])
+    expected_source = "model" if (runs[name] / "model").is_dir() else "trained.pt"
+    assert classifier.source.name == expected_source
+    predictions = predict(classifier, "dev")
+    last = final_stage_last(runs[name])
+    assert predictions.metrics == {metric: last[metric] for metric in get_task(name).metrics}
+
+
+@pytest.mark.parametrize("name", ["rte", "cb", "copa", "sts-b"])
+def test_jsonl_rows_agree_with_the_metrics(runs, name, tmp_path):
+    predictions = predict(load_classifier(runs[name]), "dev")
+    path = write_predictions(predictions, tmp_path / "dev.jsonl", "jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    task = get_task(name)
+    assert [r["idx"] for r in rows] == [e.id for e in task.read(runs[name].parent / "data", "dev")]
+    predicted, gold = [r["label"] for r in rows], [r["gold"] for r in rows]
+    if task.is_regression:
+        assert [r["score"] for r in rows] == predicted
+        assert np.corrcoef(predicted, gold)[0, 1] == pytest.approx(predictions.metrics["pearson"], abs=1e-6)
+        return
+    assert skm.accuracy_score(gold, predicted) == predictions.metrics["accuracy"]
+    for row in rows:
+        probabilities = row["probabilities"]
+        assert list(probabilities) == list(task.labels) and sum(probabilities.values()) == pytest.approx(1)
+        assert row["score"] == probabilities[row["label"]] == max(probabilities.values())
+
+
+def test_cli_predicts_a_label_less_test_file_as_a_leaderboard_file(runs, tmp_path, capsys):
+    data = runs["rte"].parent / "data"
+    dev = [json.loads(line) for line in (data / "superglue/RTE/val.jsonl").read_text().splitlines()]
+    test = [{"premise": r["premise"], "hypothesis": r["hypothesis"], "idx": 100 + i} for i, r in enumerate(dev)]
+    (data / "superglue/RTE/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+    assert main(["predict", str(runs["rte"]), "--split", "test", "--format", "leaderboard", "--out",
+                 str(tmp_path / "submission")]) == 0
+    out = capsys.readouterr().out
+    assert f"rte test: {len(test)} predictions of {runs['rte'] / 'stage2' / 'trained.pt'}" in out
+    assert "metrics" not in out  # a test file has no labels
+    submitted = [json.loads(line) for line in (tmp_path / "submission" / "RTE.jsonl").read_text().splitlines()]
+    # The same inputs as dev, so the same predictions, now under the test ids.
+    dev_rows = predict(load_classifier(runs["rte"]), "dev").rows()
+    assert submitted == [{"idx": 100 + i, "label": row["label"]} for i, row in enumerate(dev_rows)]
+
+    assert main(["predict", str(runs["rte"])]) == 0  # dev, jsonl, into the run folder
+    assert "metrics: accuracy" in capsys.readouterr().out
+    assert len((runs["rte"] / "predictions" / "dev.jsonl").read_text().splitlines()) == len(dev)
+
+
+def test_an_unfinished_run_is_refused(tmp_path, tiny_bert, rte_dir):
+    spec = RunSpec("rte", "ehft-bitfit", str(tiny_bert), str(rte_dir), 1, CONFIG)
+    run(spec, tmp_path, stage_number=1, log=lambda line: None)
+    with pytest.raises(ValueError, match="stage2 has not finished"):
+        load_classifier(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+        load_classifier(tmp_path / "stage1")
+
+
+# Hand-made test files in each benchmark's official test layout (no labels), and the file each server takes.
+STSB_TEST_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
+TEST_FILES = {
+    "rte": ['{"premise": "A cat sat.", "hypothesis": "A cat.", "idx": 0}',
+            '{"premise": "A dog ran.", "hypothesis": "A cat ran.", "idx": 1}'],
+    "cb": ['{"premise": "It rained.", "hypothesis": "It was wet.", "idx": 0}',
+           '{"premise": "It rained.", "hypothesis": "It was dry.", "idx": 1}',
+           '{"premise": "It rained.", "hypothesis": "It was cold.", "idx": 2}'],
+    "boolq": ['{"question": "is it wet", "passage": "It rained.", "idx": 0}',
+              '{"question": "is it dry", "passage": "It rained.", "idx": 1}'],
+    "copa": ['{"premise": "I fell.", "choice1": "I tripped.", "choice2": "I sang.", "question": "cause", "idx": 0}',
+             '{"premise": "I ate.", "choice1": "I was full.", "choice2": "I was hungry.", "question": "effect", '
+             '"idx": 1}'],
+    "wic": ['{"word": "bank", "sentence1": "The bank was open.", "sentence2": "The river bank.", "idx": 0, '
+            '"start1": 4, "end1": 8, "start2": 10, "end2": 14}',
+            '{"word": "run", "sentence1": "I run.", "sentence2": "We run.", "idx": 1, '
+            '"start1": 2, "end1": 5, "start2": 3, "end2": 6}'],
+    "mrpc": ["index\t#1 ID\t#2 ID\t#1 String\t#2 String", "0\t1\t2\tHe ran.\tHe jogged.", "1\t3\t4\tIt fell.\tIt flew."],
+    "qnli": ["index\tquestion\tsentence", "0\tWho ran?\tHe ran.", "1\tWho sang?\tThe sky is blue."],
+    "cola": ["index\tsentence", "0\tThe cat sat.", "1\tCat the sat."],
+    "sts-b": [STSB_TEST_HEADER, "0\tmain-news\tf\t2012\t0\tnone\tnone\tA cat.\tA cat.",
+              "1\tmain-news\tf\t2012\t1\tnone\tnone\tA cat.\tA car.", "2\tmain-news\tf\t2012\t2\tnone\tnone\tA.\tB."],
+}
+# (what the classifier "predicts" per example: class index or score, the file the server expects, its text)
+SUBMISSIONS = {
+    "rte": ([1, 0], "RTE.jsonl", '{"idx": 0, "label": "not_entailment"}\n{"idx": 1, "label": "entailment"}\n'),
+    "cb": ([0, 1, 2], "CB.jsonl", '{"idx": 0, "label": "entailment"}\n{"idx": 1, "label": "contradiction"}\n'
+                                  '{"idx": 2, "label": "neutral"}\n'),
+    "boolq": ([1, 0], "BoolQ.jsonl", '{"idx": 0, "label": "true"}\n{"idx": 1, "label": "false"}\n'),
+    "copa": ([0, 1], "COPA.jsonl", '{"idx": 0, "label": 0}\n{"idx": 1, "label": 1}\n'),
+    "wic": ([0, 1], "WiC.jsonl", '{"idx": 0, "label": "false"}\n{"idx": 1, "label": "true"}\n'),
+    "mrpc": ([1, 0], "MRPC.tsv", "index\tprediction\n0\t1\n1\t0\n"),
+    "qnli": ([0, 1], "QNLI.tsv", "index\tprediction\n0\tentailment\n1\tnot_entailment\n"),
+    "cola": ([1, 0], "CoLA.tsv", "index\tprediction\n0\t1\n1\t0\n"),
+    "sts-b": ([5.7, 2.3456, -0.2], "STS-B.tsv", "index\tprediction\n0\t5.000\n1\t2.346\n2\t0.000\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUBMISSIONS))
+def test_leaderboard_files_have_the_servers_format(tmp_path, name):
+    task = get_task(name)
+    path = task.file(tmp_path / "data", "test")
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(TEST_FILES[name]) + "\n", encoding="utf-8")
+    examples = task.read(tmp_path / "data", "test")
+    assert all(e.label is None for e in examples)
+    values, filename, text = SUBMISSIONS[name]
+    predicted = torch.tensor(values)
+    probabilities = None if task.is_regression else torch.nn.functional.one_hot(predicted, task.num_classes).float()
+    predictions = Predictions(task, examples, predicted, probabilities, metrics=None)
+    written = write_predictions(predictions, tmp_path / "submission", "leaderboard")
+    assert written == tmp_path / "submission" / filename
+    assert written.read_text(encoding="utf-8") == text
