@@ -4,6 +4,7 @@
 # Settings come from the environment (defaults in brackets):
 #   MODEL [roberta-large]   SAT folder, Hugging Face folder or model name
 #   DATA_DIR [data]         folder with superglue/<TASK>/... and glue/<TASK>/...
+#   HUB []                  1 = read the task from the Hugging Face hub instead of DATA_DIR
 #   SEED [1]                OUT [runs/TASK-METHOD-seedSEED]
 #   CONFIG [configs/TASK.yaml]   SET ["key=value key=value"] config overrides
 #   NUM_GPUS [all visible]  0 = one plain process on CPU
@@ -24,7 +25,8 @@ if [ -z "${NUM_GPUS+x}" ]; then
   NUM_GPUS=$(command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l || echo 0)
 fi
 
-args=(train --task "$task" --method "$method" --model "$model" --data-dir "$data_dir" --seed "$seed"
+if [ -n "${HUB:-}" ]; then data=(--hub); else data=(--data-dir "$data_dir"); fi
+args=(train --task "$task" --method "$method" --model "$model" "${data[@]}" --seed "$seed"
       --out "$out" --config "$config")
 for pair in ${SET:-}; do args+=(--set "$pair"); done
 
@@ -36,7 +38,13 @@ else
   launch=(python -m sat_ehft)
 fi
 
-stages=$(python -c "from sat_ehft.methods import get_method; print(len(get_method('$method').stages))" 2>/dev/null | tail -n 1)
+# The method's name reaches Python as an argument, never as code.
+stages=$(python -c 'import sys
+from sat_ehft.methods import get_method
+try:
+    print(len(get_method(sys.argv[1]).stages))
+except KeyError as err:
+    sys.exit(f"common.sh: {err.args[0]}")' "$method")
 for stage in $(seq 1 "$stages"); do
   echo "== $task $method: stage $stage of $stages -> $out"
   "${launch[@]}" "${args[@]}" --stage "$stage"

@@ -98,3 +98,32 @@ def test_run_killed_in_stage2_resumes_and_ends_as_an_uninterrupted_run(tmp_path,
         assert (tmp_path / "cut" / "stage2" / name).read_text() == (tmp_path / "whole" / "stage2" / name).read_text()
     cut, ref = (torch.load(tmp_path / run / "stage2" / "trained.pt", weights_only=True)["tensors"] for run in ("cut", "whole"))
     assert all(torch.equal(cut[n], ref[n]) for n in ref)
+
+
+def test_quickstart_offline_without_data_says_how_to_get_it(tmp_path):
+    env = launch_env(DATA_DIR=str(tmp_path / "no-data"), OUT=str(tmp_path / "runs"), HF_HUB_OFFLINE="1")
+    run = subprocess.run(["bash", "finetune_scripts/quickstart.sh"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"quickstart: no CB files in {tmp_path / 'no-data'}/superglue/CB/ and the Hugging "
+                                 "Face hub can't be used (HF_HUB_OFFLINE=1 is set). Download SuperGLUE's CB")
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_scripts_pass_the_method_as_data_and_report_an_unknown_one(tmp_path, tiny_bert, rte_dir):
+    planted = tmp_path / "planted"
+    method = f"ft').stages)); __import__('pathlib').Path('{planted}').touch(); print(('"
+    env = launch_env(MODEL=str(tiny_bert), DATA_DIR=str(rte_dir), OUT=str(tmp_path / "run"), NUM_GPUS="0",
+                     METHOD=method)
+    run = subprocess.run(["bash", "finetune_scripts/common.sh", "rte", method], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and not planted.exists()
+    assert run.stderr.startswith(f"common.sh: unknown method '{method}'; known methods: bitfit")
+
+
+def test_hub_setting_makes_the_scripts_read_the_hub(tmp_path, tiny_bert):
+    env = launch_env(MODEL=str(tiny_bert), OUT=str(tmp_path / "run"), NUM_GPUS="0", HUB="1", HF_HUB_OFFLINE="1")
+    run = subprocess.run(["bash", "finetune_scripts/common.sh", "rte", "ft"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2  # offline here: the hub is asked for, and refused at once
+    assert "cannot fetch dataset aps/super_glue/rte from the Hugging Face hub: HF_HUB_OFFLINE=1 is set" in run.stderr

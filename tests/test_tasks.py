@@ -129,6 +129,23 @@ def test_hub_rows_map_onto_official_examples(shared_data, monkeypatch):
     assert [(e.fields, e.label) for e in from_hub] == [(e.fields, e.label) for e in official]
 
 
+def test_hub_test_rows_have_no_labels(monkeypatch):
+    """The hub marks a test row's missing label as -1; it reads as an example without a label."""
+    import datasets
+
+    import sat_ehft.hub
+
+    rows = {"question": ["is it wet", "is it dry"], "passage": ["It rained.", "It rained."], "idx": [7, 8],
+            "label": [-1, -1]}
+    monkeypatch.setattr(sat_ehft.hub, "require_hub", lambda what, instead: None)
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, split: asked.append((args, split)) or
+                        datasets.Dataset.from_dict(rows))
+    examples = get_task("boolq").read_hub("test")
+    assert asked == [(("aps/super_glue", "boolq"), "test")]
+    assert [(e.id, e.label, e.fields["question"]) for e in examples] == [(7, None, "is it wet"), (8, None, "is it dry")]
+
+
 def test_hub_fails_fast_offline():
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE.*--data-dir"):
         get_task("rte").read_hub("train")

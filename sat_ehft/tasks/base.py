@@ -100,7 +100,7 @@ class Task:
         self.text_fields = text_fields  # the one or two fields that make the model's input
         self.labels = labels  # official label strings in class-index order; None = regression
         self.metrics = metrics  # metric names; the first one selects the best epoch
-        self.hub = hub  # datasets.load_dataset arguments, e.g. ("super_glue", "rte")
+        self.hub = hub  # datasets.load_dataset arguments, e.g. ("aps/super_glue", "rte")
         self.truncation = truncation  # tokenizer truncation strategy for too-long pairs
         self.tsv_columns = tsv_columns  # GLUE: field -> header name (or column index)
         self.tsv_header = tsv_header

@@ -3,5 +3,5 @@ from sat_ehft.tasks.registry import register
 
 # (question, passage): only the passage is cut when the pair is too long.
 register(Task("boolq", benchmark="superglue", folder="BoolQ", text_fields=("question", "passage"),
-              labels=("false", "true"), metrics=("accuracy",), hub=("super_glue", "boolq"),
+              labels=("false", "true"), metrics=("accuracy",), hub=("aps/super_glue", "boolq"),
               truncation="only_second"))

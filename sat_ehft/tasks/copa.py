@@ -32,4 +32,4 @@ class CopaTask(Task):
 
 
 register(CopaTask("copa", benchmark="superglue", folder="COPA", text_fields=("premise", "choice1", "choice2"),
-                  labels=("0", "1"), metrics=("accuracy",), hub=("super_glue", "copa")))
+                  labels=("0", "1"), metrics=("accuracy",), hub=("aps/super_glue", "copa")))

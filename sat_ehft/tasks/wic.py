@@ -37,4 +37,4 @@ class WicTask(Task):
 
 
 register(WicTask("wic", benchmark="superglue", folder="WiC", text_fields=("sentence1", "sentence2"),
-                 labels=("false", "true"), metrics=("accuracy",), hub=("super_glue", "wic")))
+                 labels=("false", "true"), metrics=("accuracy",), hub=("aps/super_glue", "wic")))
