@@ -90,6 +90,14 @@ def cmd_predict(args):
         print("metrics: " + ", ".join(f"{name} {value:.4f}" for name, value in predictions.metrics.items()))
 
 
+def cmd_export(args):
+    from sat_ehft.export import export_run
+
+    difference = export_run(args.run, args.out)
+    print(f"wrote {args.out}: a Hugging Face classifier (AutoModelForSequenceClassification.from_pretrained(..., "
+          f"trust_remote_code=True)); reloaded and checked, logits within {difference:.2g} of sat-ehft's")
+
+
 def cmd_sweep(args):
     from sat_ehft.sweep import GridSettings, make_grid, parse_vary, run_grid, write_launchers
 
@@ -205,6 +213,11 @@ def build_parser():
     predict.add_argument("--out", help="jsonl: the file to write (default RUN/predictions/SPLIT.jsonl); "
                          "leaderboard: the folder to write the task's file into (default RUN/leaderboard/SPLIT)")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="a finished run's classifier as a Hugging Face folder (with its head)")
+    export.add_argument("run", help="run folder written by sat-ehft train")
+    export.add_argument("out", help="new folder to write (must not exist)")
+    export.set_defaults(func=cmd_export)
 
     sweep = commands.add_parser("sweep", help="run a grid of tasks x methods x seeds (resumable), or write launchers")
     sweep.add_argument("--tasks", nargs="+", required=True, type=task, help=tasks_help)

@@ -17,8 +17,12 @@ from sat_ehft.atomic import atomic_dir
 
 SUPPORTED_TYPES = ("roberta", "bert")
 # Parts of HF checkpoints that a backbone does not use: pooler, LM heads, classifiers, buffers.
-IGNORED_PREFIXES = ("pooler.", "lm_head.", "cls.", "classifier.")
+IGNORED_PREFIXES = ("lm_head.", "cls.", "classifier.")
 IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
+POOLER_PREFIX = "pooler."  # unused by the classifier, kept for the way back (hf_origin/)
+POSITIONS, TOKEN_TYPES = "embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"
+HF_ORIGIN_SUBDIR = "hf_origin"
+CONVERSION_FORMAT = 2  # part of the cache key: 2 added hf_origin/
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt")
 TOKENIZER_SUBDIR = "tokenizer"
@@ -98,34 +102,121 @@ class _KeyPool:
             raise ValueError(f"{self.source}: tensors not understood by the converter: {sorted(unused)}")
 
 
+def renamed_tensors(num_layers):
+    """(HF name, SAT name) of every tensor that converts one-to-one: all but Q/K/V and the embeddings."""
+    pairs = []
+    for p in ("weight", "bias"):
+        norm_in = f"embeddings.LayerNorm.{p}"
+        for i in range(num_layers):
+            hf, sat = f"encoder.layer.{i}.", f"transformer.layers.{i}."
+            pairs += [(norm_in, sat + f"input_layernorm.{p}"),
+                      (hf + f"attention.output.dense.{p}", sat + f"attention.dense.{p}"),
+                      (hf + f"attention.output.LayerNorm.{p}", sat + f"post_attention_layernorm.{p}"),
+                      (hf + f"intermediate.dense.{p}", sat + f"mlp.dense_h_to_4h.{p}"),
+                      (hf + f"output.dense.{p}", sat + f"mlp.dense_4h_to_h.{p}")]
+            norm_in = hf + f"output.LayerNorm.{p}"
+        pairs.append((norm_in, f"transformer.final_layernorm.{p}"))
+    return pairs
+
+
+def fused_tensors(num_layers):
+    """([HF query, key, value names], SAT's fused query_key_value name) for every layer and parameter."""
+    return [([f"encoder.layer.{i}.attention.self.{n}.{p}" for n in ("query", "key", "value")],
+             f"transformer.layers.{i}.attention.query_key_value.{p}")
+            for i in range(num_layers) for p in ("weight", "bias")]
+
+
 def sat_state_dict(hf_config, hf_state_dict, source="checkpoint"):
-    kind = hf_config["model_type"]
+    """(SAT state dict, HF extras). The extras are what SAT's model does not hold but the way back to HF
+    needs (see hf_state_dict): the pooler, and RoBERTa's position and token-type rows before folding."""
+    kind, layers = hf_config["model_type"], hf_config["num_hidden_layers"]
     src = _KeyPool(hf_state_dict, kind, source)
     out = {"transformer.word_embeddings.weight": src.pop("embeddings.word_embeddings.weight")}
-    positions = src.pop("embeddings.position_embeddings.weight")
-    token_types = src.pop("embeddings.token_type_embeddings.weight")
+    extras = {key: src.pop(key) for key in list(src.tensors) if key.startswith(POOLER_PREFIX)}
+    positions = src.pop(POSITIONS)
+    token_types = src.pop(TOKEN_TYPES)
     if kind == "roberta":
         # SAT's RoBERTa has no token-type embedding; HF adds row 0 to every token, and every token
         # also gets exactly one position row, so folding it into the positions is exact.
+        extras.update({POSITIONS: positions, TOKEN_TYPES: token_types})
         positions = positions + token_types[0]
     else:
         out["mixins.bert-type.type_embeddings.weight"] = token_types
     out["transformer.position_embeddings.weight"] = positions
-    for p in ("weight", "bias"):
-        norm_in = f"embeddings.LayerNorm.{p}"
-        for i in range(hf_config["num_hidden_layers"]):
-            hf, sat = f"encoder.layer.{i}.", f"transformer.layers.{i}."
-            out[sat + f"input_layernorm.{p}"] = src.pop(norm_in)
-            out[sat + f"attention.query_key_value.{p}"] = torch.cat(
-                [src.pop(hf + f"attention.self.{name}.{p}") for name in ("query", "key", "value")])
-            out[sat + f"attention.dense.{p}"] = src.pop(hf + f"attention.output.dense.{p}")
-            out[sat + f"post_attention_layernorm.{p}"] = src.pop(hf + f"attention.output.LayerNorm.{p}")
-            out[sat + f"mlp.dense_h_to_4h.{p}"] = src.pop(hf + f"intermediate.dense.{p}")
-            out[sat + f"mlp.dense_4h_to_h.{p}"] = src.pop(hf + f"output.dense.{p}")
-            norm_in = hf + f"output.LayerNorm.{p}"
-        out[f"transformer.final_layernorm.{p}"] = src.pop(norm_in)
+    for hf, sat in renamed_tensors(layers):
+        out[sat] = src.pop(hf)
+    for names, sat in fused_tensors(layers):
+        out[sat] = torch.cat([src.pop(name) for name in names])
     src.check_consumed()
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.contiguous() for k, v in out.items()}, {k: v.contiguous() for k, v in extras.items()}
+
+
+def hf_state_dict(model_config, sat_state, extras=None):
+    """The inverse of sat_state_dict: a SAT backbone state (a classifier's too; its mixins are left out) in
+    Hugging Face's names, without the `roberta.`/`bert.` prefix. `extras` (from the conversion) bring back
+    the pooler and RoBERTa's unfolded rows: where the folded position row is as converted, its original is
+    exact; where it was trained, the token-type row is subtracted (HF adds it back)."""
+    extras, layers = extras or {}, model_config["num_layers"]
+    out = {"embeddings.word_embeddings.weight": sat_state["transformer.word_embeddings.weight"]}
+    positions = sat_state["transformer.position_embeddings.weight"]
+    if hf_kind(model_config) == "roberta":
+        token_types = extras.get(TOKEN_TYPES, torch.zeros_like(positions[:1])).to(positions.dtype)
+        unfolded = positions - token_types[0]
+        if POSITIONS in extras:
+            original = extras[POSITIONS].to(positions.dtype)
+            unfolded = torch.where(original + token_types[0] == positions, original, unfolded)
+        out.update({POSITIONS: unfolded, TOKEN_TYPES: token_types})
+    else:
+        out.update({POSITIONS: positions, TOKEN_TYPES: sat_state["mixins.bert-type.type_embeddings.weight"]})
+    for hf, sat in renamed_tensors(layers):
+        out[hf] = sat_state[sat]
+    for names, sat in fused_tensors(layers):
+        out.update(zip(names, sat_state[sat].chunk(3)))
+    out.update({k: v for k, v in extras.items() if k.startswith(POOLER_PREFIX)})
+    return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}  # no shared storage (safetensors)
+
+
+def hf_kind(model_config):
+    """'roberta' or 'bert': the Hugging Face model_type of a SAT backbone's model_config.json."""
+    return "roberta" if model_config["model_class"].startswith("Roberta") else "bert"
+
+
+def hf_config_dict(model_config, origin=None):
+    """The Hugging Face config.json of a SAT backbone: the converted model's own (`origin`, read from its
+    hf_origin/config.json) where there is one, else rebuilt from model_config.json (SAT's model zoo)."""
+    if origin is not None:
+        return dict(origin)
+    kind = hf_kind(model_config)
+    config = {"model_type": kind, "num_hidden_layers": model_config["num_layers"],
+              "hidden_size": model_config["hidden_size"], "num_attention_heads": model_config["num_attention_heads"],
+              "vocab_size": model_config["vocab_size"], "max_position_embeddings": model_config["max_sequence_length"],
+              "intermediate_size": model_config.get("inner_hidden_size") or 4 * model_config["hidden_size"],
+              "layer_norm_eps": model_config["layernorm_epsilon"], "hidden_act": "gelu",
+              "hidden_dropout_prob": model_config["hidden_dropout"],
+              "attention_probs_dropout_prob": model_config["attention_dropout"]}
+    if kind == "roberta":
+        return {**config, "type_vocab_size": 1, "pad_token_id": model_config.get("padding_idx", 1)}
+    return {**config, "type_vocab_size": model_config["num_types"], "pad_token_id": 0}
+
+
+def write_hf_origin(folder, hf_config, extras):
+    """What a SAT folder keeps of its Hugging Face source for the way back (sat-ehft export)."""
+    from safetensors.torch import save_file
+
+    origin = Path(folder) / HF_ORIGIN_SUBDIR
+    origin.mkdir()
+    (origin / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    save_file(extras, str(origin / "extras.safetensors"))
+
+
+def read_hf_origin(folder):
+    """(HF config dict, extras) kept by the conversion in a SAT folder, or (None, {}) for a folder without one."""
+    from safetensors.torch import load_file
+
+    origin = Path(folder) / HF_ORIGIN_SUBDIR
+    if not origin.is_dir():
+        return None, {}
+    return json.loads((origin / "config.json").read_text(encoding="utf-8")), load_file(str(origin / "extras.safetensors"))
 
 
 def write_sat_checkpoint(folder, model_config, state_dict, iteration=1):
@@ -140,10 +231,11 @@ def write_sat_checkpoint(folder, model_config, state_dict, iteration=1):
 def convert_hf_folder(hf_dir, out_dir):
     """Convert `hf_dir` into a new SAT checkpoint folder `out_dir`, tokenizer files included."""
     hf_config = read_hf_config(hf_dir)
-    state_dict = sat_state_dict(hf_config, read_hf_state_dict(hf_dir), source=str(hf_weights_file(hf_dir)))
+    state_dict, extras = sat_state_dict(hf_config, read_hf_state_dict(hf_dir), source=str(hf_weights_file(hf_dir)))
     with atomic_dir(out_dir) as tmp:
         write_sat_checkpoint(tmp, sat_model_config(hf_config), state_dict)
         copy_tokenizer_files(hf_dir, tmp / TOKENIZER_SUBDIR)
+        write_hf_origin(tmp, hf_config, extras)
     return Path(out_dir)
 
 
@@ -165,7 +257,8 @@ def cached_conversion(hf_dir, root=None):
     hf_dir = Path(hf_dir).resolve()
     weights = hf_weights_file(hf_dir)
     stat = weights.stat()
-    fingerprint = f"{hf_dir}|{(hf_dir / 'config.json').read_bytes()!r}|{stat.st_size}|{stat.st_mtime_ns}"
+    fingerprint = (f"{CONVERSION_FORMAT}|{hf_dir}|{(hf_dir / 'config.json').read_bytes()!r}|{stat.st_size}|"
+                   f"{stat.st_mtime_ns}")
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     target = Path(root or cache_root()) / f"{hf_dir.name}-{key}"
     if not target.exists():

@@ -3,15 +3,8 @@ binary tasks one logit with BCE; CB cross-entropy over 3; COPA cross-entropy ove
 scores; STS-B mean squared error on the score."""
 
 import torch
-import torch.nn.functional as F
 
-
-def loss(scores, labels, objective):
-    if objective == "regression":
-        return F.mse_loss(scores.squeeze(-1).float(), labels.float())
-    if objective == "binary":
-        return F.binary_cross_entropy_with_logits(scores.squeeze(-1).float(), labels.float())
-    return F.cross_entropy(scores.float(), labels.long())
+from sat_ehft.hf_modeling import task_loss as loss  # noqa: F401  (one loss, shared with the exported classifier)
 
 
 def predict(scores, objective):

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from sat_ehft.atomic import atomic_dir, atomic_path, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
-from sat_ehft.convert import TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
+from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
 from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
@@ -129,11 +129,13 @@ def save_trained(model, trainable, fingerprint, path):
 
 def save_model(model, backbone, folder):
     """The classifier as a SAT checkpoint folder that SAT's AutoModel (after importing sat_ehft.backbone) loads,
-    with the backbone's tokenizer files in its tokenizer/ subfolder."""
+    with the backbone's tokenizer files and what it kept of its Hugging Face source (for sat-ehft export)."""
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
     with atomic_dir(folder) as tmp:
         write_sat_checkpoint(tmp, backbone.config, state)
         copy_tokenizer_files(tokenizer_folder(backbone.folder), tmp / TOKENIZER_SUBDIR)
+        if (backbone.folder / HF_ORIGIN_SUBDIR).is_dir():
+            shutil.copytree(backbone.folder / HF_ORIGIN_SUBDIR, tmp / HF_ORIGIN_SUBDIR)
 
 
 def summarize(task, records):

@@ -34,6 +34,8 @@ class Classifier:
     tokenizer: object
     spec: object  # the run's RunSpec
     source: Path  # RUN/model, or the final stage's trained.pt
+    config: dict  # the SAT model_config.json of the classifier, its head and PET mixins under "ehft_mixins"
+    folder: Path  # the SAT folder its backbone came from (RUN/model, or the pretrained backbone's)
 
 
 def load_classifier(out):
@@ -59,7 +61,8 @@ def load_classifier(out):
     else:
         backbone, model, spec = rebuild_stage_model(out, final.name)
         tokenizer, source = backbone.load_tokenizer(), out / final.name / "trained.pt"
-    return Classifier(model.to(MODEL_DTYPES[spec.config.precision]), tokenizer, spec, source)
+    return Classifier(model.to(MODEL_DTYPES[spec.config.precision]), tokenizer, spec, source, backbone.config,
+                      backbone.folder)
 
 
 @dataclass

@@ -93,3 +93,31 @@ def tiny_bert_folder(folder, minilm_dir, dropout=0.1):
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (folder / name).write_bytes((minilm_dir / name).read_bytes())
     return folder
+
+
+BPE_VOCAB = 3000
+
+
+def bpe_tokenizer_folder(folder, shared_data):
+    """A small byte-level BPE tokenizer (RoBERTa's kind), trained here on WiC text and saved in `folder`, to be
+    loaded back from it as the real roberta-large one would be."""
+    import json
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    rows = [json.loads(line) for line in (shared_data / "superglue/WiC/train.jsonl").read_text().splitlines()[:3000]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([r[k] for r in rows for k in ("sentence1", "sentence2")], vocab_size=BPE_VOCAB,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                         cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, shared_data):
+    """A tiny random RoBERTa (one token type, padding index 1) with a RoBERTa-style BPE tokenizer of its size."""
+    folder = tmp_path_factory.mktemp("model") / "tiny-roberta"
+    tiny_hf_model("roberta", vocab=BPE_VOCAB, type_vocab=1, max_positions=130).save_pretrained(folder)
+    return bpe_tokenizer_folder(folder, shared_data)

@@ -7,6 +7,7 @@ import torch
 from conftest import padded_batch, tiny_hf_model
 
 from sat_ehft.backbone import load_backbone
+from sat_ehft.hf_modeling import pool_features
 from sat_ehft.mixins import ClassificationHead, LoRAMixin, PrefixTuningMixin, add_head, bias_names
 
 PEFT_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
@@ -104,10 +105,11 @@ def test_head_pooling_and_shapes():
 
     spans = torch.tensor([[[1, 3], [4, 5]], [[2, 3], [3, 7]], [[1, 2], [5, 6]]])
     span_head = ClassificationHead(16, 1, pooling="spans")
-    pooled = span_head.pool(hidden, spans)
+    pooled = pool_features(hidden, "spans", spans)
     row = 1
     first, second = hidden[row, 2:3].mean(0), hidden[row, 3:7].mean(0)
     assert torch.allclose(pooled[row], torch.cat([hidden[row, 0], first, second, (first - second).abs(), first * second]))
+    assert torch.allclose(span_head.final_forward(hidden, spans=spans), span_head.out(torch.relu(span_head.dense(pooled))))
 
     copa_head = ClassificationHead(16, 1, choices=2)
     scores = copa_head.final_forward(hidden[:2].repeat(2, 1, 1))  # 2 examples x 2 choices, rows grouped

@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import BPE_VOCAB, bpe_tokenizer_folder
 
 from sat_ehft.tasks import TASKS, DataError, encode_examples, get_task
 
@@ -221,21 +222,9 @@ def test_wic_word_truncated_away_is_an_error(tmp_path, minilm_tokenizer):
 
 @pytest.fixture(scope="module")
 def roberta_style_tokenizer(tmp_path_factory, shared_data):
-    """A small byte-level BPE tokenizer (RoBERTa's kind), trained here on WiC text and loaded back from
-    its folder, as the real roberta-large one would be."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
-
     from sat_ehft.tokenizer import load_tokenizer
 
-    rows = [json.loads(line) for line in (shared_data / "superglue/WiC/train.jsonl").read_text().splitlines()[:3000]]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([r[k] for r in rows for k in ("sentence1", "sentence2")], vocab_size=3000,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    folder = tmp_path_factory.mktemp("bpe")
-    RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                         cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>").save_pretrained(folder)
-    return load_tokenizer(folder, 3000)
+    return load_tokenizer(bpe_tokenizer_folder(tmp_path_factory.mktemp("bpe"), shared_data), BPE_VOCAB)
 
 
 def test_wic_spans_with_a_byte_level_bpe_tokenizer(shared_data, roberta_style_tokenizer):

@@ -12,6 +12,7 @@ import warnings
 import torch
 from sat.model.base_model import BaseMixin
 
+from sat_ehft.hf_modeling import pool_features  # shared with the exported Hugging Face classifier
 from sat_ehft.packing import padded_states
 
 HEAD_NAME = "head"
@@ -30,19 +31,9 @@ class ClassificationHead(BaseMixin):
         for layer in (self.dense, self.out):  # as the original code: weights N(0, 0.005), default biases
             torch.nn.init.normal_(layer.weight, std=init_std)
 
-    def pool(self, hidden, spans=None):
-        cls = hidden[:, 0]
-        if self.pooling == "cls":
-            return cls
-        positions = torch.arange(hidden.shape[1], device=hidden.device)
-        inside = (positions >= spans[..., :1]) & (positions < spans[..., 1:])  # [b, 2, s]
-        inside = inside.to(hidden.dtype)
-        first, second = (inside @ hidden / inside.sum(-1, keepdim=True)).unbind(1)
-        return torch.cat([cls, first, second, (first - second).abs(), first * second], dim=-1)
-
     def hidden_features(self, hidden, spans=None):
         """The head's 2048-d hidden layer (what the paper's Figure 4 plots)."""
-        return torch.relu(self.dense(self.pool(hidden, spans)))
+        return torch.relu(self.dense(pool_features(hidden, self.pooling, spans)))
 
     def final_forward(self, logits, **kw_args):
         scores = self.out(self.hidden_features(padded_states(logits, kw_args), kw_args.get("spans")))

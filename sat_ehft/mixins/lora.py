@@ -49,3 +49,23 @@ class LoRAMixin(BaseMixin):
 
     def attention_forward(self, hidden_states, mask, **kw_args):
         return attention_forward(self.transformer, self.project, hidden_states, mask, **kw_args)
+
+
+def merged_state(state, spec):
+    """`state` (a classifier's) with each LoRA update merged into the weight it adapts, W + (alpha / r) B A,
+    and the LoRA tensors gone: the same function as a plain model (sat-ehft export uses it)."""
+    scaling, hidden = spec["alpha"] / spec["r"], spec["hidden_size"]
+    merged = {k: v for k, v in state.items() if not k.startswith("mixins.lora.")}
+    for layer in range(spec["num_layers"]):
+        attention = f"transformer.layers.{layer}.attention."
+        for target in spec["targets"]:
+            params = f"mixins.lora.layers.{layer}.{target}_"
+            delta = scaling * (state[params + "B"] @ state[params + "A"])
+            if target == "dense":
+                merged[attention + "dense.weight"] = merged[attention + "dense.weight"] + delta
+            else:  # Q, K and V are row blocks of SAT's fused query_key_value
+                fused = merged[attention + "query_key_value.weight"].clone()
+                start = ("query", "key", "value").index(target) * hidden
+                fused[start:start + hidden] += delta
+                merged[attention + "query_key_value.weight"] = fused
+    return merged

@@ -1,0 +1,192 @@
+"""`sat-ehft export RUN OUT`: a finished run's classifier as a Hugging Face folder.
+
+OUT holds config.json, model.safetensors (the backbone in Hugging Face's names under `roberta.`/`bert.`, the
+head under `head.`), modeling_ehft.py (sat_ehft.hf_modeling: torch and transformers only), the tokenizer and a
+model card. `AutoModelForSequenceClassification.from_pretrained(OUT, trust_remote_code=True)` rebuilds it; its
+model_type (`ehft-roberta`/`ehft-bert`) makes transformers refuse to load it without that flag rather than
+put a fresh, untrained head on the backbone. A final stage's LoRA is merged into the weights; Mixout changes
+nothing at evaluation. Prefix-tuning's prefixes have no place in Hugging Face's encoders: such runs are refused.
+
+The folder is checked before it is put in place: it must reload with no missing, unexpected or mismatched
+tensor, and give the same logits as our classifier on sample inputs; otherwise nothing is written.
+"""
+
+import json
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from sat_ehft import hf_modeling
+from sat_ehft.atomic import atomic_dir
+from sat_ehft.convert import hf_config_dict, hf_kind, hf_state_dict, read_hf_origin
+from sat_ehft.mixins import HEAD_NAME
+from sat_ehft.mixins.lora import merged_state
+from sat_ehft.predict import load_classifier
+from sat_ehft.tasks import get_task
+
+# Mixins that leave the classifier a plain encoder plus the head once exported (LoRA: merged).
+EXPORTABLE_MIXINS = (HEAD_NAME, "lora", "mixout")
+# Largest |logit difference| accepted between our classifier and the reloaded folder, by training precision.
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
+ORIGIN_KEYS_DROPPED = ("architectures", "auto_map", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
+
+
+class ExportError(RuntimeError):
+    """The exported folder does not reload as the same classifier."""
+
+
+def exported_weights(classifier):
+    """{Hugging Face name: tensor} of the classifier: the encoder under its base-model prefix, the head as `head.`."""
+    specs = classifier.config["ehft_mixins"]
+    unsupported = sorted(set(specs) - set(EXPORTABLE_MIXINS))
+    if unsupported:
+        raise ValueError(f"{classifier.source}: the classifier has {', '.join(unsupported)}, which Hugging Face's "
+                         "encoders cannot express; export works for runs whose final stage has only "
+                         f"{', '.join(EXPORTABLE_MIXINS)} (every EH-FT method's Stage 2)")
+    state = classifier.model.state_dict()
+    if "lora" in specs:
+        state = merged_state(state, specs["lora"])
+    kind = hf_kind(classifier.config)
+    _, extras = read_hf_origin(classifier.folder)
+    weights = {f"{kind}.{name}": value for name, value in hf_state_dict(classifier.config, state, extras).items()}
+    head = f"mixins.{HEAD_NAME}."
+    weights.update({f"head.{k[len(head):]}": v.detach().cpu().clone() for k, v in state.items() if k.startswith(head)})
+    return weights
+
+
+def exported_config(classifier, weights):
+    """config.json: the backbone's Hugging Face config plus the head, the labels and where the code lives."""
+    kind, task = hf_kind(classifier.config), get_task(classifier.spec.task)
+    origin, _ = read_hf_origin(classifier.folder)
+    base = {k: v for k, v in hf_config_dict(classifier.config, origin).items() if k not in ORIGIN_KEYS_DROPPED}
+    head = classifier.model.get_mixin(HEAD_NAME)
+    names = list(task.labels) if task.labels else ["score"]
+    prefix, model_class = f"Ehft{kind.capitalize()}", f"Ehft{kind.capitalize()}ForSequenceClassification"
+    return {**base, "model_type": f"ehft-{kind}", "architectures": [model_class],
+            "auto_map": {"AutoConfig": f"modeling_ehft.{prefix}Config",
+                         "AutoModelForSequenceClassification": f"modeling_ehft.{model_class}"},
+            "ehft_head": {"pooling": head.pooling, "choices": head.choices, "num_outputs": head.out.out_features,
+                          "inner_size": head.dense.out_features, "objective": task.objective,
+                          "pooler": any(name.startswith(f"{kind}.pooler.") for name in weights)},
+            "id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)},
+            "ehft_run": {"task": task.name, "method": classifier.spec.method, "seed": classifier.spec.seed}}
+
+
+def sample_inputs(classifier, seed=0):
+    """A padded batch of random token ids (no padding id inside the text, which RoBERTa would read as padding),
+    with spans for WiC and two rows per example for COPA: what both classifiers are compared on."""
+    task, pad_id = get_task(classifier.spec.task), classifier.tokenizer.pad_token_id
+    lengths = [12, 9, 12, 7]
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(pad_id + 1, classifier.config["vocab_size"], (len(lengths), max(lengths)), generator=generator)
+    mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
+    inputs = {"input_ids": ids.masked_fill(mask == 0, pad_id), "attention_mask": mask,
+              "token_type_ids": torch.zeros_like(ids)}
+    if task.pooling == "spans":
+        inputs["spans"] = torch.tensor([[[1, 3], [4, 6]]] * len(lengths))
+    return inputs
+
+
+def check_export(folder, classifier):
+    """Reload `folder` as transformers would and compare its logits with our classifier's; returns the largest
+    |difference|. Raises ExportError on any missing/unexpected/mismatched tensor or a difference over tolerance."""
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded, info = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), trust_remote_code=True, output_loading_info=True)
+    problems = {key: value for key, value in info.items() if value and key != "error_msgs"}
+    if problems or info.get("error_msgs"):
+        raise ExportError(f"{folder}: the exported classifier does not reload tensor for tensor: {problems or info}")
+    dtype = next(classifier.model.parameters()).dtype
+    inputs = sample_inputs(classifier)
+    with torch.no_grad():
+        ours = classifier.model.cpu().eval().encode(**inputs).float()
+        theirs = reloaded.to(dtype).eval()(**inputs).logits.float()
+    difference = (ours - theirs).abs().max().item()
+    tolerance = TOLERANCE[classifier.spec.config.precision]
+    if not difference <= tolerance:
+        raise ExportError(f"{folder}: the reloaded classifier's logits differ from sat-ehft's by {difference:.3g} "
+                          f"(over {tolerance})")
+    return difference
+
+
+def model_card(classifier, run, difference):
+    """README.md: what was trained, on what, how, the dev scores, the versions, and how to load it."""
+    spec, run = classifier.spec, Path(run)
+    result = json.loads((run / "result.json").read_text(encoding="utf-8"))
+    recorded = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    task = get_task(spec.task)
+    config_rows = "".join(f"| `{key}` | `{json.dumps(value)}` |\n" for key, value in recorded["config"].items())
+    stage_rows = "".join(f"| {name} | {done['epochs']} | {done['lr']:g} | {done['best'][done['metric']]:.4f} "
+                         f"(epoch {done['best']['epoch']}) | {done['last'][done['metric']]:.4f} |\n"
+                         for name, done in result["stages"].items())
+    versions = {**recorded.get("versions", {}), "sat-ehft": version("sat-ehft")}
+    return f"""---
+library_name: transformers
+tags: [sat-ehft, eh-ft, text-classification]
+---
+# {task.name} classifier: {spec.method}, seed {spec.seed}
+
+Finetuned with [sat-ehft](https://github.com/THUDM/SwissArmyTransformer) (EH-FT, *Parameter-Efficient Tuning
+Makes a Good Classification Head*, EMNLP 2022) and exported by `sat-ehft export`.
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(FOLDER)
+model = AutoModelForSequenceClassification.from_pretrained(FOLDER, trust_remote_code=True)
+logits = model(**tokenizer(FIRST, SECOND, return_tensors="pt")).logits
+```
+
+The head reads {"the target word's spans (`spans` [batch, 2, 2]: first token, last token + 1, in each "
+"sentence) and the first token" if task.pooling == "spans" else "the first token"}{"; each example is "
+f"{task.choices} rows, one per choice, and the logits are [batch, {task.choices}]" if task.choices > 1 else ""}.
+Objective: {task.objective} ({"one logit, P(" + task.labels[1] + ") = sigmoid(logit)" if task.objective == "binary"
+else "labels " + ", ".join(task.labels) if task.labels else "the score itself"}).
+
+## Training
+
+| | |
+|---|---|
+| task | {task.name} ({task.benchmark}/{task.folder}) |
+| data | {spec.data_dir or "the Hugging Face hub: " + "/".join(task.hub)} |
+| backbone | {spec.model} |
+| method | {spec.method} |
+| seed | {spec.seed} |
+
+Dev {result["metric"]} of the final stage: best {result["best"]:.4f} (epoch {result["best_epoch"]}),
+last {result["last"]:.4f}; these weights are the last epoch's.
+
+| stage | epochs | peak LR | best | last |
+|---|---|---|---|---|
+{stage_rows}
+Config (the recipe; `sat-ehft train --set KEY=VALUE` changes one):
+
+| key | value |
+|---|---|
+{config_rows}
+Versions: {", ".join(f"{name} {value}" for name, value in versions.items())}.
+
+Checked on export: the folder reloads with no missing or unexpected tensor, and its logits match sat-ehft's
+classifier within {difference:.2g} on sample inputs.
+"""
+
+
+def export_run(run, out):
+    """Write the run's final classifier to the new folder `out` (see the module docstring); returns the check's
+    largest logit difference."""
+    classifier = load_classifier(run)
+    weights = exported_weights(classifier)
+    from safetensors.torch import save_file
+
+    with atomic_dir(out) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = exported_config(classifier, weights)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        shutil.copy2(hf_modeling.__file__, tmp / "modeling_ehft.py")
+        classifier.tokenizer.save_pretrained(str(tmp))
+        difference = check_export(tmp, classifier)
+        (tmp / "README.md").write_text(model_card(classifier, run, difference), encoding="utf-8")
+    return difference
