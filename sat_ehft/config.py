@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from sat_ehft.tracking import TRACKERS
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 STAGE1_MODES = ("share-of-total", "stage2-fixed")
 
@@ -71,6 +73,8 @@ class Config:
     """Also write the final classifier as a SAT checkpoint folder RUN/model (large for RoBERTa-large)."""
     track_weight_distance: bool = False
     """Log the backbone's L2 distance from its pretrained weights after every epoch (Figure 5; keeps a copy)."""
+    report_to: tuple = ("tensorboard",)
+    """Trackers that get the training loss and dev metrics besides the JSONL logs: 'tensorboard', 'wandb' (or none)."""
 
     def __post_init__(self):
         checks = [
@@ -78,6 +82,7 @@ class Config:
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
             (0 < self.stage1_share < 1, "stage1_share must lie strictly between 0 and 1"),
             (self.zero_stage in (0, 1, 2), "zero_stage must be 0, 1 or 2"),
+            (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),
             (self.batch_size % self.micro_batch_size == 0, "batch_size must be a multiple of micro_batch_size"),
             (0 <= self.warmup < 1, "warmup must lie in [0, 1)"),
             (min(self.epochs, self.lr, self.max_length, self.lora_r, self.prefix_len) > 0,
@@ -108,8 +113,8 @@ def _coerce(key, value, where):
             return float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
         except ValueError:
             pass
-    if kind is tuple and isinstance(value, list):
-        return tuple(value)
+    if kind is tuple and isinstance(value, (list, str)):
+        return tuple(value) if isinstance(value, list) else (value,)  # `--set report_to=wandb`: one item
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{where}: config key '{key}' expects {kind.__name__}, got {value!r}")
     return value

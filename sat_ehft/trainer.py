@@ -21,6 +21,7 @@ from tqdm import tqdm
 from sat_ehft import metrics, objective
 from sat_ehft.atomic import write_text
 from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
+from sat_ehft.tracking import Trackers
 
 
 class NonFiniteLoss(RuntimeError):
@@ -201,7 +202,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     progress = _restore(engine, files)
-    board = _tensorboard(files, rank)
+    trackers = Trackers(files, config, rank)
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
         engine.train()
@@ -222,21 +223,17 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                 step_loss = _mean_over_ranks(sum(micro_losses) / len(micro_losses), engine.device)
                 progress.step_losses.append({"step": engine.global_steps, "loss": step_loss})
                 micro_losses = []
-                if board:
-                    board.add_scalar("train/loss", step_loss, engine.global_steps)
+                trackers.log({"train/loss": step_loss}, engine.global_steps)
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0],
                   "train_loss": _mean_over_ranks(sum(epoch_losses) / len(epoch_losses), engine.device),
                   **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
         progress.epoch, progress.records = epoch + 1, progress.records + [record]
         _save(engine, files, progress, rank)
-        if board:
-            for key, value in record.items():
-                board.add_scalar(f"dev/{key}", value, record["step"])
-            board.flush()
+        trackers.log({f"dev/{key}": value for key, value in record.items()}, record["step"])
+        trackers.flush()
         for callback in callbacks:
             callback(engine.module, record)
-    if board:
-        board.close()
+    trackers.close()
     return progress.records
 
 
@@ -249,11 +246,3 @@ def _training_batches(features, config, rank, world_size, seed, pad_id):
     lengths = [sum(map(len, sequences(f["input_ids"]))) for f in features]
     batches = LengthGroupedBatches(sampler, lengths, config.micro_batch_size, seed=seed)
     return DataLoader(features, batch_sampler=batches, collate_fn=collate_batch), batches
-
-
-def _tensorboard(files, rank):
-    if rank != 0:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(files.tensorboard))

@@ -59,3 +59,11 @@ def test_bad_values_and_overrides():
         load_config(overrides={"precision": "fp8"})
     with pytest.raises(ValueError, match="batch_size must be a multiple of micro_batch_size"):
         Config(batch_size=32, micro_batch_size=5)
+
+
+def test_report_to_takes_one_name_a_list_or_none():
+    assert load_config(overrides=parse_overrides(["report_to=wandb"])).report_to == ("wandb",)
+    assert load_config(overrides=parse_overrides(["report_to=[tensorboard, wandb]"])).report_to == ("tensorboard", "wandb")
+    assert load_config(overrides=parse_overrides(["report_to=[]"])).report_to == ()
+    with pytest.raises(ValueError, match=r"report_to must name trackers among \('tensorboard', 'wandb'\)"):
+        load_config(overrides=parse_overrides(["report_to=mlflow"]))

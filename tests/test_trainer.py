@@ -150,3 +150,61 @@ def test_optimizer_is_fused_adamw_without_decay_on_vectors_and_steps_like_plain_
     for (name, got), expected in zip(model.named_parameters(), reference_model.parameters()):
         assert torch.allclose(got, expected, atol=1e-6), name
     assert torch.equal(model[2].bias, reference_model[2].bias)
+
+
+def wandb_records(path):
+    """The protobuf records of a .wandb file: LevelDB-style log blocks, as wandb writes them."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, pending, records = path.read_bytes(), 7, b"", []  # 7: the ":W&B" file header
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        left = 32768 - position % 32768  # records never cross a 32 KiB block; a short tail is padding
+        if left < 7:
+            position += left
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        if position + 7 + length > len(data):  # still being written
+            break
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+    return records
+
+
+def wandb_history(folder, timeout=30):
+    """The history rows ({key: value}, by step) of the one offline Weights & Biases run under `folder`. wandb's
+    service may still be writing the file when finish() returns: wait for its exit record."""
+    import time
+
+    (path,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    records = wandb_records(path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = wandb_records(path)
+    rows = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            rows.setdefault(items["_step"], {}).update(items)
+    return rows
+
+
+def test_report_to_wandb_offline_gets_the_logged_losses_and_metrics(tmp_path, rte_features, minilm_tokenizer,
+                                                                     monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    task, train, dev = rte_features
+    config = Config(**{**CONFIG.__dict__, "report_to": ("wandb",)})
+    model, trainable = classifier(tmp_path, task, get_method("ehft-bitfit").stages[0])
+    records = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
+                          pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "run" / "stage1"))
+    history = wandb_history(tmp_path / "run" / "stage1")
+    steps = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "train_loss.jsonl").read_text().splitlines()]
+    assert {step: row["train/loss"] for step, row in history.items()} == {s["step"]: s["loss"] for s in steps}
+    for record in records:
+        assert {k: history[record["step"]][f"dev/{k}"] for k in record} == record
+    assert not (tmp_path / "run" / "stage1" / "tensorboard").exists()  # only what report_to names
