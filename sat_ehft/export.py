@@ -135,7 +135,7 @@ Makes a Good Classification Head*, EMNLP 2022) and exported by `sat-ehft export`
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained(FOLDER)
+tokenizer = AutoTokenizer.from_pretrained(FOLDER, trust_remote_code=True)  # its config names modeling_ehft.py
 model = AutoModelForSequenceClassification.from_pretrained(FOLDER, trust_remote_code=True)
 logits = model(**tokenizer(FIRST, SECOND, return_tensors="pt")).logits
 ```

@@ -33,9 +33,14 @@ class WandB:
 
         folder = files.folder.resolve()
         run = folder.parent.name
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sat-ehft"), group=run,
-                              name=f"{run}/{folder.name}", id=hashlib.sha256(str(folder).encode()).hexdigest()[:16],
-                              resume="allow", dir=str(folder), config=dataclasses.asdict(config))
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sat-ehft"), group=run,
+                                  name=f"{run}/{folder.name}", id=hashlib.sha256(str(folder).encode()).hexdigest()[:16],
+                                  resume="allow", dir=str(folder), config=dataclasses.asdict(config))
+        except wandb.errors.Error as err:  # no login, no network: say what to do instead of a traceback
+            raise RuntimeError(f"report_to names wandb, but Weights & Biases did not start ({err}). Run `wandb login` "
+                               "or set WANDB_API_KEY; WANDB_MODE=offline writes local files to sync later; or drop "
+                               "wandb from report_to") from None
 
     def log(self, scalars, step):
         self.run.log(dict(scalars), step=step)

@@ -79,7 +79,7 @@ def hf_logits(folder, task, examples):
     """Logits of the exported folder from transformers alone: its own tokenizer, its own modeling code."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
     features = encode_examples(task, examples, tokenizer, 64)
     from sat_ehft.batching import collate, model_inputs

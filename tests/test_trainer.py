@@ -208,3 +208,18 @@ def test_report_to_wandb_offline_gets_the_logged_losses_and_metrics(tmp_path, rt
     for record in records:
         assert {k: history[record["step"]][f"dev/{k}"] for k in record} == record
     assert not (tmp_path / "run" / "stage1" / "tensorboard").exists()  # only what report_to names
+
+
+def test_report_to_wandb_without_a_login_says_what_to_do(tmp_path, monkeypatch):
+    from sat_ehft.tracking import Trackers
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    config = Config(report_to=("wandb",))
+    with pytest.raises(RuntimeError, match=r"report_to names wandb, but Weights & Biases did not start \(.*API key.*\)\. "
+                                           r"Run `wandb login` or set WANDB_API_KEY; WANDB_MODE=offline"):
+        Trackers(StageFiles(tmp_path / "run" / "stage1"), config, rank=0)
+    assert Trackers(StageFiles(tmp_path / "run" / "stage1"), config, rank=1).trackers == []  # only rank 0 reports

@@ -185,12 +185,17 @@ class Task:
         rows = datasets.load_dataset(*self.hub, split=HUB_SPLITS[split])
         examples = []
         for number, row in enumerate(rows):
-            # The hub stores class indices in the same order as self.labels, and -1 where there is no label.
-            label = row["label"] if self.is_regression or row["label"] == HUB_NO_LABEL else self.labels[row["label"]]
-            record = {**row, "label": None if row["label"] == HUB_NO_LABEL else label}
+            record = {**row, "label": self.hub_label(row["label"])}
             examples.append(self.example(record, f"hub {'/'.join(self.hub)}[{split}]#{number + 1}", number,
                                          labelled=split != "test"))
         return examples
+
+    def hub_label(self, raw):
+        """The official label of a hub row: the hub stores class indices in the order of self.labels, and -1
+        where there is no label (test rows)."""
+        if raw == HUB_NO_LABEL:
+            return None
+        return raw if self.is_regression else self.labels[raw]
 
     def example(self, record, source, row, labelled=True):
         """The Example of one record; `row` (from 0) is its id when the record has no idx. Unless `labelled`
