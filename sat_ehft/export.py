@@ -112,6 +112,21 @@ def check_export(folder, classifier):
     return difference
 
 
+def head_description(task):
+    """What the head reads and what its logits mean, for the model card."""
+    reads = ("the target word's spans (`spans` [batch, 2, 2]: first token and last token + 1 of the word in each "
+             "sentence) and the first token" if task.pooling == "spans" else "the first token")
+    if task.choices > 1:
+        reads += f"; each example is {task.choices} rows, one per choice, and the logits are [batch, {task.choices}]"
+    if task.objective == "binary":
+        meaning = f"one logit, P({task.labels[1]}) = sigmoid(logit)"
+    elif task.choices > 1:
+        meaning = "one logit per choice, softmax over the choices"
+    else:
+        meaning = "the score itself" if task.is_regression else "one logit per label: " + ", ".join(task.labels)
+    return f"The head reads {reads}. Objective: {task.objective} ({meaning})."
+
+
 def model_card(classifier, run, difference):
     """README.md: what was trained, on what, how, the dev scores, the versions, and how to load it."""
     spec, run = classifier.spec, Path(run)
@@ -129,8 +144,8 @@ tags: [sat-ehft, eh-ft, text-classification]
 ---
 # {task.name} classifier: {spec.method}, seed {spec.seed}
 
-Finetuned with [sat-ehft](https://github.com/THUDM/SwissArmyTransformer) (EH-FT, *Parameter-Efficient Tuning
-Makes a Good Classification Head*, EMNLP 2022) and exported by `sat-ehft export`.
+Finetuned with sat-ehft (EH-FT, *Parameter-Efficient Tuning Makes a Good Classification Head*, EMNLP 2022, as a
+SwissArmyTransformer plugin) and exported by `sat-ehft export`.
 
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -140,11 +155,7 @@ model = AutoModelForSequenceClassification.from_pretrained(FOLDER, trust_remote_
 logits = model(**tokenizer(FIRST, SECOND, return_tensors="pt")).logits
 ```
 
-The head reads {"the target word's spans (`spans` [batch, 2, 2]: first token, last token + 1, in each "
-"sentence) and the first token" if task.pooling == "spans" else "the first token"}{"; each example is "
-f"{task.choices} rows, one per choice, and the logits are [batch, {task.choices}]" if task.choices > 1 else ""}.
-Objective: {task.objective} ({"one logit, P(" + task.labels[1] + ") = sigmoid(logit)" if task.objective == "binary"
-else "labels " + ", ".join(task.labels) if task.labels else "the score itself"}).
+{head_description(task)}
 
 ## Training
 
