@@ -181,6 +181,30 @@ def test_missing_and_empty_files(tmp_path):
         get_task("rte").read(tmp_path, "validation")
 
 
+def test_valid_text_loads_whatever_line_separators_it_holds(tmp_path):
+    """JSON strings may hold U+2028/U+2029 (Wikipedia passages do), GLUE text other Unicode separators;
+    only newlines end a line. Trailing blank lines and CRLF endings are fine."""
+    premise = "First line\u2028second\u2029third\x85fourth\x1cfifth."
+    row = json.dumps({"premise": premise, "hypothesis": "A cat.", "label": "entailment", "idx": 0}, ensure_ascii=False)
+    path = tmp_path / "superglue/RTE/train.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes((row + "\r\n" + row.replace('"idx": 0', '"idx": 1') + "\r\n\r\n\n").encode("utf-8"))
+    examples = get_task("rte").read(tmp_path, "train")
+    assert [e.fields["premise"] for e in examples] == [premise, premise] and [e.id for e in examples] == [0, 1]
+    qnli = tmp_path / "glue/QNLI/dev.tsv"
+    qnli.parent.mkdir(parents=True)
+    qnli.write_text("index\tquestion\tsentence\tlabel\n0\tWho\u2028ran?\tHe ran.\tentailment\n\n", encoding="utf-8")
+    assert get_task("qnli").read(tmp_path, "dev")[0].fields["question"] == "Who\u2028ran?"
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "superglue/RTE/train.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes((RTE_ROW + "\n").encode() * 2 + b'{"premise": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"train\.jsonl:3: byte 0xe9 is not UTF-8 \(.*\); expected a UTF-8 text file"):
+        get_task("rte").read(tmp_path, "train")
+
+
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
 
 

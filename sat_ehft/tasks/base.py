@@ -71,12 +71,23 @@ def read_tsv(path, columns, header, optional=None):
 
 
 def _read_lines(path):
+    """The file's lines, split on newlines only: str.splitlines would also split on U+2028/U+2029 and other
+    separators that JSON strings and GLUE text may hold. Trailing blank lines are dropped; a blank line inside
+    is an error, as is a byte that is not UTF-8 (the line is named)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing")
-    # utf-8-sig: the official MRPC files start with a byte-order mark.
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if not any(line.strip() for line in lines):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # the official MRPC files start with a byte-order mark
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: byte 0x{data[err.start]:02x} is not UTF-8 ({err.reason}); "
+                        "expected a UTF-8 text file") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
         raise DataError(f"{path}: empty file")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
