@@ -152,6 +152,17 @@ def test_optimizer_is_fused_adamw_without_decay_on_vectors_and_steps_like_plain_
     assert torch.equal(model[2].bias, reference_model[2].bias)
 
 
+@pytest.fixture
+def fresh_wandb():
+    """wandb keeps its settings (WANDB_MODE, as the first wandb.init of the process saw it) in a process-wide
+    singleton: each test starts and ends without one."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 def wandb_records(path):
     """The protobuf records of a .wandb file: LevelDB-style log blocks, as wandb writes them."""
     from wandb.proto import wandb_internal_pb2
@@ -194,7 +205,7 @@ def wandb_history(folder, timeout=30):
 
 
 def test_report_to_wandb_offline_gets_the_logged_losses_and_metrics(tmp_path, rte_features, minilm_tokenizer,
-                                                                     monkeypatch):
+                                                                     monkeypatch, fresh_wandb):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     task, train, dev = rte_features
@@ -210,7 +221,7 @@ def test_report_to_wandb_offline_gets_the_logged_losses_and_metrics(tmp_path, rt
     assert not (tmp_path / "run" / "stage1" / "tensorboard").exists()  # only what report_to names
 
 
-def test_report_to_wandb_without_a_login_says_what_to_do(tmp_path, monkeypatch):
+def test_report_to_wandb_without_a_login_says_what_to_do(tmp_path, monkeypatch, fresh_wandb):
     from sat_ehft.tracking import Trackers
 
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
