@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a killed run) sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader (or a killed run) sees the old file or the new one, never half of one. And reads
+of tensor files that name the file and what to do when it cannot be read."""
 
 import json
 import os
@@ -50,3 +51,21 @@ def atomic_dir(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def load_tensors(path, advice):
+    """The tensors in `path` (torch.load with weights_only, or safetensors); a missing or unreadable file (truncated,
+    corrupt, not a checkpoint) raises an error naming it and `advice`, what to do about it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {advice}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and safetensors readers each fail in their own words
+        raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err}); {advice}") from None

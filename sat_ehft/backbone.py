@@ -16,6 +16,7 @@ from sat.model.base_model import BaseMixin, replacable
 from sat.model.official.bert_model import BertModel
 from sat.model.official.roberta_model import RobertaModel
 
+from sat_ehft.atomic import load_tensors
 from sat_ehft.convert import cached_conversion
 from sat_ehft.folders import folder_kind, resolve_folder, tokenizer_folder
 from sat_ehft.mixins import attach
@@ -141,7 +142,7 @@ def load_sat_folder(folder):
     folder = Path(folder)
     config = read_sat_config(folder)
     weights = sat_weights_file(folder)
-    state = torch.load(weights, map_location="cpu", weights_only=True)["module"]
+    state = load_tensors(weights, "the checkpoint is truncated or not a SAT checkpoint: copy or convert it again")["module"]
     state = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
     model = build_backbone(config)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -1,6 +1,8 @@
 """`sat-ehft` (also `python -m sat_ehft`): one subcommand per job."""
 
 import argparse
+import errno
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -67,9 +69,12 @@ def default_config(task):
 
 def cmd_train(args):
     from sat_ehft.config import load_config, parse_overrides
-    from sat_ehft.pipeline import RunSpec, run
+    from sat_ehft.methods import get_method
 
     config = load_config(args.config or default_config(args.task), parse_overrides(args.set))
+    get_method(args.method).check(config)  # before SAT and DeepSpeed are imported (run checks it too)
+    from sat_ehft.pipeline import RunSpec, run
+
     spec = RunSpec(task=args.task, method=args.method, model=args.model,
                    data_dir=None if args.hub else args.data_dir, seed=args.seed, config=config)
     result = run(spec, args.out, stage_number=args.stage)
@@ -271,12 +276,27 @@ def build_parser():
     return parser
 
 
+def error_message(err):
+    """One line for a failure the user can act on: our own messages as they are, an operating-system error with
+    its file (and, for a full disk, the space left there)."""
+    if isinstance(err, KeyError) and err.args:
+        return err.args[0]
+    if type(err) in (FileNotFoundError, FileExistsError) and err.filename is None:
+        return str(err)  # ours: the message already names the file
+    if isinstance(err, OSError):
+        message = f"{err.filename or 'a file'}: {err.strerror or err}"
+        if err.errno == errno.ENOSPC and err.filename:
+            existing = next(p for p in Path(err.filename).absolute().parents if p.exists())
+            message += f" ({shutil.disk_usage(existing).free / 2 ** 20:.0f} MiB free there; free some and rerun)"
+        return message
+    return str(err)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"sat-ehft {args.command}: error: {message}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        print(f"sat-ehft {args.command}: error: {error_message(err)}", file=sys.stderr)
         return 2
     return 0

@@ -77,6 +77,11 @@ class Config:
     """Trackers that get the training loss and dev metrics besides the JSONL logs: 'tensorboard', 'wandb' (or none)."""
 
     def __post_init__(self):
+        positive = ("epochs", "lr", "max_length", "lora_r", "prefix_len", "batch_size", "micro_batch_size",
+                    "eval_batch_size")
+        zero_or_less = [name for name in positive if not getattr(self, name) > 0]
+        if zero_or_less:  # checked first: the checks below divide by some of them
+            raise ValueError(f"invalid config: {', '.join(zero_or_less)} must be positive")
         checks = [
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
@@ -85,8 +90,6 @@ class Config:
             (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),
             (self.batch_size % self.micro_batch_size == 0, "batch_size must be a multiple of micro_batch_size"),
             (0 <= self.warmup < 1, "warmup must lie in [0, 1)"),
-            (min(self.epochs, self.lr, self.max_length, self.lora_r, self.prefix_len) > 0,
-             "epochs, lr, max_length, lora_r and prefix_len must be positive"),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,7 +138,12 @@ def load_config(path=None, overrides=None):
     """Defaults, then the YAML file at `path`, then `overrides` ({key: value}); validated once."""
     values = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ValueError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
         values.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sat_ehft.atomic import atomic_dir
+from sat_ehft.atomic import atomic_dir, load_tensors
 
 SUPPORTED_TYPES = ("roberta", "bert")
 # Parts of HF checkpoints that a backbone does not use: pooler, LM heads, classifiers, buffers.
@@ -49,12 +49,8 @@ def hf_weights_file(folder):
 
 
 def read_hf_state_dict(folder):
-    path = hf_weights_file(folder)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(hf_weights_file(folder), "the download is truncated or the file is not a checkpoint: "
+                        "download it again")
 
 
 def sat_model_config(hf_config):
@@ -211,12 +207,11 @@ def write_hf_origin(folder, hf_config, extras):
 
 def read_hf_origin(folder):
     """(HF config dict, extras) kept by the conversion in a SAT folder, or (None, {}) for a folder without one."""
-    from safetensors.torch import load_file
-
     origin = Path(folder) / HF_ORIGIN_SUBDIR
     if not origin.is_dir():
         return None, {}
-    return json.loads((origin / "config.json").read_text(encoding="utf-8")), load_file(str(origin / "extras.safetensors"))
+    extras = load_tensors(origin / "extras.safetensors", f"remove {folder} and convert its source again")
+    return json.loads((origin / "config.json").read_text(encoding="utf-8")), extras
 
 
 def write_sat_checkpoint(folder, model_config, state_dict, iteration=1):

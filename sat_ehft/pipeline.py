@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sat_ehft.atomic import atomic_dir, atomic_path, write_json
+from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
@@ -78,6 +78,13 @@ def barrier():
         dist.barrier()
 
 
+def check_writable(out):
+    """Make the run folder and write a file in it now, so that a wrong --out fails before anything is loaded."""
+    with atomic_path(Path(out) / ".writable") as probe:
+        probe.write_bytes(b"")
+    (Path(out) / ".writable").unlink()
+
+
 def claim_run_folder(spec, out):
     """Write run.json, or check that an existing one describes this very run."""
     path = Path(out) / "run.json"
@@ -104,7 +111,7 @@ def carried_names(model, what):
 
 def load_carried(model, path, carries, fingerprint):
     """Copy what `carries` names from a previous stage's trained.pt into `model`, checking it fits."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_trained(path)
     if saved["backbone"] != fingerprint:
         raise ValueError(f"{path}: trained on another backbone (weights {saved['backbone']}, this one {fingerprint}); "
                          "a head only fits the backbone it was trained with")
@@ -119,6 +126,12 @@ def load_carried(model, path, carries, fingerprint):
                     raise ValueError(f"{path}: '{name}' has shape {list(value.shape)}, but this task's model "
                                      f"needs {list(params[name].shape)}; the head was trained for another task")
                 params[name].copy_(value)
+
+
+def load_trained(path):
+    """A stage's trained.pt; unreadable, it names itself and how to get a good one."""
+    return load_tensors(path, f"delete the folder {Path(path).parent} and rerun the training command: that stage "
+                        "is trained again")
 
 
 def save_trained(model, trainable, fingerprint, path):
@@ -220,7 +233,7 @@ def rebuild_stage_model(out, stage_name):
     stage = next(s for s in method.stages if s.name == stage_name)
     backbone = load_backbone(spec.model)
     model, _ = build_classifier(backbone, task, stage, spec.config)
-    trained = torch.load(Path(out) / stage_name / "trained.pt", map_location="cpu", weights_only=True)["tensors"]
+    trained = load_trained(Path(out) / stage_name / "trained.pt")["tensors"]
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in trained.items():
@@ -239,11 +252,12 @@ def run(spec, out, stage_number=None, log=print):
     Returns result.json's content once every stage is done, else None."""
     method = get_method(spec.method)
     get_task(spec.task)
+    method.check(spec.config)
     if stage_number is not None and not 1 <= stage_number <= len(method.stages):
         raise ValueError(f"--stage {stage_number}: method {method.name} has stages 1..{len(method.stages)}")
     numbers = range(1, len(method.stages) + 1) if stage_number is None else [stage_number]
     ensure_distributed()
-    Path(out).mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     claim_run_folder(spec, out)
     for number in numbers:
         stage = method.stages[number - 1]

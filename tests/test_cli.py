@@ -1,6 +1,7 @@
 """`sat-ehft data` and `sat-ehft convert` as a user runs them."""
 
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -109,3 +110,52 @@ def test_unknown_names_fail_before_sat_and_deepspeed_are_imported(tmp_path, opti
 def test_task_names_are_taken_in_any_spelling(capsys, shared_data):
     assert main(["data", "--task", "STSB", "--data-dir", str(shared_data)]) == 0
     assert capsys.readouterr().out.startswith("task sts-b (glue/STS-B)")
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("ft", ["--set", "micro_batch_size=0"], "invalid config: micro_batch_size must be positive"),
+    ("ft", ["--set", "eval_batch_size=0"], "invalid config: eval_batch_size must be positive"),
+    ("ehft-bitfit", ["--set", "epochs=1", "--set", "stage1_mode=stage2-fixed"],
+     "invalid config for ehft-bitfit: epochs=1 with stage1_mode=stage2-fixed leaves stage2 0 epochs"),
+    ("ehft-lora", ["--set", "stage1_lr={bitfit: 1e-3}"],
+     "invalid config for ehft-lora: stage1_lr has no 'lora' entry (stage1's peak LR); it has bitfit"),
+])
+def test_a_config_that_cannot_train_fails_before_anything_is_written(tmp_path, tiny_bert, rte_dir, capsys, method,
+                                                                       options, message):
+    argv = ["train", "--task", "rte", "--method", method, "--model", str(tiny_bert), "--data-dir", str(rte_dir),
+            "--out", str(tmp_path / "run"), *options]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"sat-ehft train: error: {message}\n"  # one line, and nothing else
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_files_get_one_line_naming_them(tmp_path, tiny_bert, rte_dir, capsys):
+    base = ["train", "--task", "rte", "--method", "ft", "--model", str(tiny_bert), "--data-dir", str(rte_dir)]
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nlr: [1e-5\nbatch_size: 8\n")
+    assert main([*base, "--out", str(tmp_path / "run"), "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert capsys.readouterr().err.startswith(f"sat-ehft train: error: {tmp_path / 'bad.yaml'}:3: not valid YAML (")
+
+    (tmp_path / "a-file").write_text("")
+    assert main([*base, "--out", str(tmp_path / "a-file" / "run")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"sat-ehft train: error: {tmp_path / 'a-file' / 'run'}: Not a directory"
+
+    hf = tmp_path / "truncated-hf"
+    shutil.copytree(tiny_bert, hf)
+    weights = hf / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main([*base, "--model", str(hf), "--out", str(tmp_path / "run2")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"sat-ehft train: error: {weights}: unreadable (")
+
+
+def test_a_truncated_trained_pt_names_itself_and_what_to_do(tmp_path, tiny_bert, rte_dir, capsys):
+    base = ["train", "--task", "rte", "--method", "ehft-bitfit", "--model", str(tiny_bert), "--data-dir",
+            str(rte_dir), "--out", str(tmp_path), "--set", "epochs=2", "--set", "max_length=64"]
+    assert main([*base, "--stage", "1"]) == 0
+    trained = tmp_path / "stage1" / "trained.pt"
+    trained.write_bytes(trained.read_bytes()[:2000])
+    capsys.readouterr()
+    assert main([*base, "--stage", "2"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"sat-ehft train: error: {trained}: unreadable (")
+    assert last.endswith(f"delete the folder {tmp_path / 'stage1'} and rerun the training command: that stage is "
+                         "trained again")

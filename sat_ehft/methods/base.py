@@ -91,6 +91,16 @@ class Method:
     name: str
     stages: tuple
 
+    def check(self, config):
+        """Fail now, not after a stage has trained, when `config` leaves a stage without epochs or a learning rate."""
+        for stage, epochs in zip(self.stages, self.stage_epochs(config)):
+            if epochs < 1:
+                raise ValueError(f"invalid config for {self.name}: epochs={config.epochs} with stage1_mode="
+                                 f"{config.stage1_mode} leaves {stage.name} {epochs} epochs")
+            if stage.lr != "ft" and stage.lr not in config.stage1_lr:
+                raise ValueError(f"invalid config for {self.name}: stage1_lr has no '{stage.lr}' entry ({stage.name}'s "
+                                 f"peak LR); it has {', '.join(sorted(config.stage1_lr)) or 'none'}")
+
     def stage_epochs(self, config):
         """Epochs of each stage: one stage takes them all; two split them by config.stage1_share."""
         if len(self.stages) == 1:
