@@ -149,14 +149,16 @@ def _write_jsonl(path, rows):
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _restore(engine, files):
-    """Resume from the last epoch checkpoint, if any: weights, optimizer, LR schedule, RNG, logs."""
+def _restore(engine, files, rank):
+    """Resume from the last epoch checkpoint, if any: weights, optimizer, LR schedule, RNG, logs. Says so."""
     if not (files.checkpoints / "latest").is_file():
         return _Progress()
     _, state = engine.load_checkpoint(str(files.checkpoints))
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None:
         torch.cuda.set_rng_state(state["cuda_rng"])
+    if rank == 0:
+        print(f"{files.folder.name}: resumed after epoch {state['epoch']} from {files.checkpoints}", flush=True)
     return _Progress(state)
 
 
@@ -201,7 +203,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     optimizer = make_optimizer(model, trainable, budget.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    progress = _restore(engine, files)
+    progress = _restore(engine, files, rank)
     trackers = Trackers(files, config, rank)
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)

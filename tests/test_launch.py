@@ -94,6 +94,7 @@ def test_run_killed_in_stage2_resumes_and_ends_as_an_uninterrupted_run(tmp_path,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stage1: already finished, skipped" in resumed.stdout
+    assert f"stage2: resumed after epoch 2 from {tmp_path / 'cut' / 'stage2' / 'checkpoint'}" in resumed.stdout
     for name in ("metrics.jsonl", "train_loss.jsonl"):
         assert (tmp_path / "cut" / "stage2" / name).read_text() == (tmp_path / "whole" / "stage2" / name).read_text()
     cut, ref = (torch.load(tmp_path / run / "stage2" / "trained.pt", weights_only=True)["tensors"] for run in ("cut", "whole"))

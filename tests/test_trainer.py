@@ -82,13 +82,18 @@ def run_ft(tmp_path, rte_features, pad_id, folder, epochs=3, callbacks=()):
     return model, records
 
 
-def test_interrupted_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_path, rte_features, minilm_tokenizer):
+def test_interrupted_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_path, rte_features, minilm_tokenizer, capsys):
     pad = minilm_tokenizer.pad_token_id
     whole, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
     with pytest.raises(Interrupted):
         run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
     assert [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    resumed, resumed_records = run_ft(tmp_path, rte_features, pad, "cut")  # dropout is on: RNG must be restored
+    capsys.readouterr()
+    epochs_run = []
+    resumed, resumed_records = run_ft(tmp_path, rte_features, pad, "cut",  # dropout is on: RNG must be restored
+                                      callbacks=[lambda model, record: epochs_run.append(record["epoch"])])
+    assert f"cut: resumed after epoch 2 from {tmp_path / 'cut' / 'checkpoint'}" in capsys.readouterr().out
+    assert epochs_run == [3]  # resumed, not restarted: only the missing epoch trained
     assert resumed_records == whole_records
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     steps = [json.loads(line) for line in (tmp_path / "cut" / "train_loss.jsonl").read_text().splitlines()]
