@@ -6,21 +6,26 @@ keep the trained head"); what a stage `carries` is read from the previous stage'
 
 Run folder (the contract with everything that reads results):
   run.json                     task, method, model, data, seed, config, library versions
+  .lock                        held by the running process: one writer per folder
   <stage>/metrics.jsonl        one line per epoch: epoch, step, lr, train_loss, dev metrics
   <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks)
   <stage>/tensorboard/         the same, for TensorBoard
   <stage>/checkpoint/          DeepSpeed checkpoint of the last finished epoch (removed when the stage ends)
-  <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id
+  <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id + origin
   <stage>/done.json            best and last scores, epochs, LR, seconds: the stage is finished
   model/                       the final classifier as a SAT checkpoint folder (config save_model)
   result.json                  the final stage's best and last scores, the seed, every stage's summary
 """
 
 import dataclasses
+import fcntl
 import json
+import os
 import random
 import shutil
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +75,7 @@ def set_seed(seed):
 
 
 def is_main():
-    return dist.get_rank() == 0
+    return not dist.is_initialized() or dist.get_rank() == 0  # no process group: a lone process
 
 
 def barrier():
@@ -85,20 +90,52 @@ def check_writable(out):
     (Path(out) / ".writable").unlink()
 
 
-def claim_run_folder(spec, out):
-    """Write run.json, or check that an existing one describes this very run."""
+def check_run_folder(spec, out):
+    """Refuse a run folder whose run.json describes another run."""
     path = Path(out) / "run.json"
-    wanted = json.loads(json.dumps(spec.describe()))  # as it reads back from JSON (tuples become lists)
-    if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        differing = [k for k in wanted if k != "config" and wanted[k] != recorded.get(k)]
-        differing += [f"config.{k}" for k, v in wanted["config"].items() if v != recorded["config"].get(k)]
-        if differing:
-            raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}); "
-                             "use a new --out")
-    elif is_main():
-        write_json(path, {**wanted, "versions": versions()})
-    barrier()
+    if not path.is_file():
+        return
+    wanted, recorded = described(spec), json.loads(path.read_text(encoding="utf-8"))
+    differing = [k for k in wanted if k != "config" and wanted[k] != recorded.get(k)]
+    differing += [f"config.{k}" for k, v in wanted["config"].items() if v != recorded["config"].get(k)]
+    if differing:
+        raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}); "
+                         "use a new --out")
+
+
+def record_run(spec, out):
+    """Write run.json, once this run's model, tokenizer and data have opened: a first start that fails leaves
+    the folder free for the corrected command."""
+    path = Path(out) / "run.json"
+    if is_main() and not path.is_file():
+        write_json(path, {**described(spec), "versions": versions()})
+
+
+def described(spec):
+    return json.loads(json.dumps(spec.describe()))  # as it reads back from JSON (tuples become lists)
+
+
+@contextmanager
+def run_folder_lock(out):
+    """One writer per run folder: rank 0 holds an exclusive lock on RUN/.lock for the whole run (the system
+    releases it when the process ends, however it ends). A second run on the folder fails at once, naming
+    the holder."""
+    if not is_main():
+        yield
+        return
+    descriptor = os.open(Path(out) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 256, 0).decode(errors="replace").strip() or "another process"
+            raise RuntimeError(f"{out}: in use by another sat-ehft run ({holder}); wait for it to end, "
+                               "or use another --out") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 # What a stage can carry over from the previous one -> how to find those tensors in a model.
@@ -109,9 +146,16 @@ def carried_names(model, what):
     return {n for n in names if n.startswith(f"mixins.{what}.")}
 
 
-def load_carried(model, path, carries, fingerprint):
-    """Copy what `carries` names from a previous stage's trained.pt into `model`, checking it fits."""
+def load_carried(model, path, carries, fingerprint, origin):
+    """Copy what `carries` names from a previous stage's trained.pt into `model`, checking it comes from
+    `origin` (this run's previous stage, see stage_origin) and fits."""
     saved = load_trained(path)
+    recorded = saved.get("origin", {})
+    differing = [f"{key} {recorded.get(key)!r}, not {value!r}" for key, value in origin.items()
+                 if recorded.get(key) != value]
+    if differing:
+        raise ValueError(f"{path}: trained by another run ({'; '.join(differing)}); a stage only takes what its own "
+                         "run's previous stage trained")
     if saved["backbone"] != fingerprint:
         raise ValueError(f"{path}: trained on another backbone (weights {saved['backbone']}, this one {fingerprint}); "
                          "a head only fits the backbone it was trained with")
@@ -134,10 +178,15 @@ def load_trained(path):
                         "is trained again")
 
 
-def save_trained(model, trainable, fingerprint, path):
+def stage_origin(spec, stage):
+    """What a trained.pt records of the run and stage that trained it."""
+    return {"task": spec.task, "method": spec.method, "seed": spec.seed, "stage": stage.name}
+
+
+def save_trained(model, trainable, fingerprint, origin, path):
     tensors = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if n in trainable}
     with atomic_path(path) as tmp:
-        torch.save({"tensors": tensors, "backbone": fingerprint}, tmp)
+        torch.save({"tensors": tensors, "backbone": fingerprint, "origin": origin}, tmp)
 
 
 def save_model(model, backbone, folder):
@@ -184,8 +233,9 @@ def prepare_stage(spec, out, index):
     train, dev = encoded_splits(task, spec, tokenizer)
     model, trainable = build_classifier(backbone, task, stage, spec.config)
     if stage.carries:
-        previous = Path(out) / method.stages[index - 1].name / "trained.pt"
-        load_carried(model, previous, stage.carries, backbone.fingerprint)
+        previous = method.stages[index - 1]
+        load_carried(model, Path(out) / previous.name / "trained.pt", stage.carries, backbone.fingerprint,
+                     stage_origin(spec, previous))
     if stage.fisher_mask:
         mask_to_child_network(model, task, train, spec.config.micro_batch_size, spec.config.child_tuning_keep,
                               tokenizer.pad_token_id)
@@ -199,6 +249,7 @@ def run_stage(spec, out, index):
     folder = Path(out) / stage.name
     started = time.time()
     ready = prepare_stage(spec, out, index)
+    record_run(spec, out)
     budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
     files = StageFiles(folder)
     callbacks = [WeightDistanceLog(ready.model, folder)] if spec.config.track_weight_distance and is_main() else []
@@ -207,7 +258,8 @@ def run_stage(spec, out, index):
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable),
             "seconds": round(time.time() - started, 2), **summarize(task, records)}
     if is_main():
-        save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, folder / "trained.pt")
+        save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, stage_origin(spec, stage),
+                     folder / "trained.pt")
         if spec.config.save_model and index == len(method.stages) - 1:
             save_model(ready.model, ready.backbone, Path(out) / "model")
         write_json(folder / "done.json", done)
@@ -258,18 +310,19 @@ def run(spec, out, stage_number=None, log=print):
     numbers = range(1, len(method.stages) + 1) if stage_number is None else [stage_number]
     ensure_distributed()
     check_writable(out)
-    claim_run_folder(spec, out)
-    for number in numbers:
-        stage = method.stages[number - 1]
-        if stage_done(out, stage):
-            log(f"{spec.method} {stage.name}: already finished, skipped")
-            continue
-        if number > 1 and not stage_done(out, method.stages[number - 2]):
-            raise ValueError(f"{out}: {method.stages[number - 2].name} has not finished; run it first")
-        done = run_stage(spec, out, number - 1)
-        log(f"{spec.method} {stage.name}: best {done['metric']} {done['best'][done['metric']]:.4f} "
-            f"(epoch {done['best']['epoch']}), last {done['last'][done['metric']]:.4f}")
-    return write_result(spec, out, method)
+    with run_folder_lock(out):
+        check_run_folder(spec, out)
+        for number in numbers:
+            stage = method.stages[number - 1]
+            if stage_done(out, stage):
+                log(f"{spec.method} {stage.name}: already finished, skipped")
+                continue
+            if number > 1 and not stage_done(out, method.stages[number - 2]):
+                raise ValueError(f"{out}: {method.stages[number - 2].name} has not finished; run it first")
+            done = run_stage(spec, out, number - 1)
+            log(f"{spec.method} {stage.name}: best {done['metric']} {done['best'][done['metric']]:.4f} "
+                f"(epoch {done['best']['epoch']}), last {done['last'][done['metric']]:.4f}")
+        return write_result(spec, out, method)
 
 
 def write_result(spec, out, method):

@@ -86,11 +86,62 @@ def test_a_head_from_another_task_or_backbone_is_refused(tmp_path, tiny_bert, rt
     run(cb, tmp_path / "cb", stage_number=1, log=lambda line: None)
     rte_model = prepare_stage(spec_for("ft", tiny_bert, rte_dir), tmp_path / "unused", 0)
     fingerprint = load_backbone(tiny_bert).fingerprint
+    head = tmp_path / "cb" / "stage1" / "trained.pt"
+    cb_origin = {"task": "cb", "method": "ehft-bitfit", "seed": 3, "stage": "stage1"}
+    with pytest.raises(ValueError, match=r"trained\.pt: trained by another run \(task 'cb', not 'rte'; seed 3, not 4\)"):
+        load_carried(rte_model.model, head, ("head",), fingerprint, {**cb_origin, "task": "rte", "seed": 4})
+    # A file that claims this run's origin is still checked against the model:
     with pytest.raises(ValueError, match=r"'mixins\.head\.out\.bias' has shape \[3\], but this task's model needs \[1\]"):
-        load_carried(rte_model.model, tmp_path / "cb" / "stage1" / "trained.pt", ("head",), fingerprint)
+        load_carried(rte_model.model, head, ("head",), fingerprint, cb_origin)
     other = load_backbone(minilm_dir).fingerprint
     with pytest.raises(ValueError, match="trained on another backbone"):
-        load_carried(rte_model.model, tmp_path / "cb" / "stage1" / "trained.pt", ("head",), other)
+        load_carried(rte_model.model, head, ("head",), other, cb_origin)
+
+
+def test_a_same_shaped_head_from_another_run_is_refused(tmp_path, tiny_bert, rte_dir):
+    """Another seed's Stage-1 head has the right shape and backbone; its trained.pt says whose it is."""
+    run(spec_for("ehft-bitfit", tiny_bert, rte_dir), tmp_path / "seed3", stage_number=1, log=lambda line: None)
+    other_seed = RunSpec(**{**spec_for("ehft-bitfit", tiny_bert, rte_dir).__dict__, "seed": 5})
+    run(other_seed, tmp_path / "seed5", stage_number=1, log=lambda line: None)
+    (tmp_path / "seed5" / "stage1" / "trained.pt").write_bytes((tmp_path / "seed3" / "stage1" / "trained.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"trained by another run \(seed 3, not 5\)"):
+        run(other_seed, tmp_path / "seed5", stage_number=2, log=lambda line: None)
+
+
+def test_a_failed_first_start_leaves_the_folder_free(tmp_path, tiny_bert, rte_dir):
+    wrong = RunSpec(**{**spec_for("ft", tiny_bert, rte_dir).__dict__, "data_dir": str(tmp_path / "no-data")})
+    with pytest.raises(ValueError, match="train.jsonl: missing"):
+        run(wrong, tmp_path / "run", log=lambda line: None)
+    assert not (tmp_path / "run" / "run.json").exists()
+    result = run(spec_for("ft", tiny_bert, rte_dir), tmp_path / "run", log=lambda line: None)  # the corrected command
+    assert result["method"] == "ft"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_dir"] == str(rte_dir)
+
+
+def test_a_second_writer_is_refused_at_once_and_a_dead_holder_blocks_nothing(tmp_path, tiny_bert, rte_dir):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from sat_ehft.pipeline import run_folder_lock
+
+    spec = spec_for("ft", tiny_bert, rte_dir)
+    (tmp_path / "run").mkdir()
+    with run_folder_lock(tmp_path / "run"):
+        with pytest.raises(RuntimeError, match=rf"run: in use by another sat-ehft run \(pid {os.getpid()} on "
+                                               rf"{socket.gethostname()}\); wait for it to end, or use another --out"):
+            run(spec, tmp_path / "run", log=lambda line: None)
+    assert not (tmp_path / "run" / "run.json").exists()  # the refused run wrote nothing
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sat_ehft.pipeline import run_folder_lock\n"
+                               "with run_folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)",
+                               str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    while holder.stdout.readline().strip() != "locked":  # DeepSpeed's import prints first
+        assert holder.poll() is None
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert run(spec, tmp_path / "run", log=lambda line: None)["method"] == "ft"  # the dead holder's lock went with it
 
 
 def test_saved_classifier_loads_back_with_sat_automodel(tmp_path, tiny_bert, rte_dir):
