@@ -108,6 +108,7 @@ def cmd_sweep(args):
 
     runs = make_grid(args.tasks, args.methods, args.seeds, parse_vary(args.vary))
     settings = GridSettings(model=args.model, data_dir=args.data_dir, config_dir=args.config_dir, sets=tuple(args.set))
+    settings.check(runs)
     if args.launchers:
         write_launchers(args.out, runs, settings, gpus_per_run=args.gpus_per_run, hostfile=args.hostfile)
         print(f"wrote {args.out}/commands.txt and slurm.sbatch" + (" and hostfile_launch.sh" if args.hostfile else ""))

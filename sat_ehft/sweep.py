@@ -46,14 +46,28 @@ class GridSettings:
     config_dir: str  # holds <task>.yaml for every task
     sets: tuple = ()  # key=value overrides for every run
 
-    def train_args(self, run, out):
+    def config_file(self, run):
         config = Path(self.config_dir) / f"{run.task}.yaml"
         if not config.is_file():
             raise FileNotFoundError(f"{config}: missing; --config-dir needs a <task>.yaml for every task")
-        pairs = [*self.sets, *(f"{k}={v}" for k, v in run.variant)]
+        return config
+
+    def overrides(self, run):
+        return [*self.sets, *(f"{k}={v}" for k, v in run.variant)]
+
+    def check(self, runs):
+        """Every run's config loads and can train (unknown keys, bad values, a stage left without epochs), so
+        that a mistake fails the sweep before anything is written rather than every run on its own."""
+        from sat_ehft.config import load_config, parse_overrides
+        from sat_ehft.methods import get_method
+
+        for run in runs:
+            get_method(run.method).check(load_config(self.config_file(run), parse_overrides(self.overrides(run))))
+
+    def train_args(self, run, out):
         return ["train", "--task", run.task, "--method", run.method, "--model", self.model,
                 "--data-dir", self.data_dir, "--seed", str(run.seed), "--out", str(run.folder(out)),
-                "--config", str(config), *(a for pair in pairs for a in ("--set", pair))]
+                "--config", str(self.config_file(run)), *(a for pair in self.overrides(run) for a in ("--set", pair))]
 
 
 def parse_vary(pairs):
@@ -140,6 +154,9 @@ def write_launchers(out, runs, settings, gpus_per_run=1, hostfile=None):
     """commands.txt (one `sat-ehft train` line per run), slurm.sbatch (a job array over those lines) and,
     given a DeepSpeed hostfile, hostfile_launch.sh (each run as one launch over all hosts)."""
     out = Path(out)
+    broken = [arg for run in runs for arg in settings.train_args(run, out) if "\n" in arg or "\r" in arg]
+    if broken:  # commands.txt holds one run a line, and slurm.sbatch evals a line
+        raise ValueError(f"{broken[0]!r}: a value with a line break cannot go on one line of commands.txt")
     write_grid(out, runs, settings)
     lines = [shlex.join(["deepspeed", "--num_gpus", str(gpus_per_run), "--no_local_rank", "--module", "sat_ehft",
                          *settings.train_args(run, out.resolve())]) for run in runs]

@@ -114,3 +114,20 @@ def test_launchers_for_clusters(tmp_path, tiny_bert, grid_inputs):
     sbatch = (tmp_path / "slurm.sbatch").read_text()
     assert "#SBATCH --array=0-3" in sbatch and "#SBATCH --gres=gpu:2" in sbatch
     assert (tmp_path / "hostfile_launch.sh").read_text().count("deepspeed --hostfile hosts") == 4
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--set", "lora_targets=[query,\nvalue]"], "a value with a line break cannot go on one line of commands.txt"),
+    (["--set", "learning_rate=1e-5"], "--set learning_rate: unknown config key 'learning_rate'"),
+    (["--vary", "epochs=1,4"], "epochs=1 leaves nothing for Stage 2 at stage1_share=0.1"),
+])
+def test_sweep_checks_every_run_before_writing_anything(tmp_path, tiny_bert, grid_inputs, capsys, options, message):
+    from sat_ehft.cli import main
+
+    data, configs = grid_inputs
+    argv = ["sweep", "--tasks", "rte", "--methods", "ehft-bitfit", "--seeds", "1", "--model", str(tiny_bert),
+            "--data-dir", str(data), "--config-dir", str(configs), "--out", str(tmp_path / "grid"), "--launchers",
+            *options]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "grid").exists()
