@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 from conftest import REPO, tiny_bert_folder
 
 from sat_ehft.sweep import LAUNCH_VARIABLES
