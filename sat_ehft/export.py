@@ -37,8 +37,9 @@ class ExportError(RuntimeError):
     """The exported folder does not reload as the same classifier."""
 
 
-def exported_weights(classifier):
-    """{Hugging Face name: tensor} of the classifier: the encoder under its base-model prefix, the head as `head.`."""
+def exported_weights(classifier, extras):
+    """{Hugging Face name: tensor} of the classifier: the encoder under its base-model prefix, the head as `head.`;
+    `extras` are the tensors its backbone's conversion kept (see read_hf_origin)."""
     specs = classifier.config["ehft_mixins"]
     unsupported = sorted(set(specs) - set(EXPORTABLE_MIXINS))
     if unsupported:
@@ -49,17 +50,16 @@ def exported_weights(classifier):
     if "lora" in specs:
         state = merged_state(state, specs["lora"])
     kind = hf_kind(classifier.config)
-    _, extras = read_hf_origin(classifier.folder)
     weights = {f"{kind}.{name}": value for name, value in hf_state_dict(classifier.config, state, extras).items()}
     head = f"mixins.{HEAD_NAME}."
     weights.update({f"head.{k[len(head):]}": v.detach().cpu().clone() for k, v in state.items() if k.startswith(head)})
     return weights
 
 
-def exported_config(classifier, weights):
-    """config.json: the backbone's Hugging Face config plus the head, the labels and where the code lives."""
+def exported_config(classifier, origin, weights):
+    """config.json: the backbone's Hugging Face config (`origin`, or rebuilt) plus the head, the labels and where
+    the code lives."""
     kind, task = hf_kind(classifier.config), get_task(classifier.spec.task)
-    origin, _ = read_hf_origin(classifier.folder)
     base = {k: v for k, v in hf_config_dict(classifier.config, origin).items() if k not in ORIGIN_KEYS_DROPPED}
     head = classifier.model.get_mixin(HEAD_NAME)
     names = list(task.labels) if task.labels else ["score"]
@@ -189,12 +189,13 @@ def export_run(run, out):
     """Write the run's final classifier to the new folder `out` (see the module docstring); returns the check's
     largest logit difference."""
     classifier = load_classifier(run)
-    weights = exported_weights(classifier)
+    origin, extras = read_hf_origin(classifier.folder)
+    weights = exported_weights(classifier, extras)
     from safetensors.torch import save_file
 
     with atomic_dir(out) as tmp:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = exported_config(classifier, weights)
+        config = exported_config(classifier, origin, weights)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         shutil.copy2(hf_modeling.__file__, tmp / "modeling_ehft.py")
         classifier.tokenizer.save_pretrained(str(tmp))

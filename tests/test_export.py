@@ -121,7 +121,8 @@ def test_an_export_that_would_not_reload_exactly_is_not_written(runs, tmp_path, 
 
     real = sat_ehft.export.exported_weights
     monkeypatch.setattr(sat_ehft.export, "exported_weights",
-                        lambda classifier: {k: v for k, v in real(classifier).items() if k != "head.out.bias"})
+                        lambda classifier, extras: {k: v for k, v in real(classifier, extras).items()
+                                                    if k != "head.out.bias"})
     with pytest.raises(ExportError, match="does not reload tensor for tensor"):
         export_run(runs["sts-b"], tmp_path / "hf")
     assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf*"))  # nor its temporary folder
