@@ -1,6 +1,7 @@
 """Atomic writes: a reader (or a killed run) sees the old file or the new one, never half of one. And reads
 of tensor files that name the file and what to do when it cannot be read."""
 
+import errno
 import json
 import os
 import shutil
@@ -19,9 +20,19 @@ def atomic_path(path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except RuntimeError as err:
+        raise_if_disk_full(err, path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def raise_if_disk_full(err, path):
+    """torch.save reports a full disk as RuntimeError('... unexpected pos N vs M'): raise the OSError (ENOSPC,
+    naming `path`) it stands for, so that the user is told where space ran out."""
+    if isinstance(err, RuntimeError) and "unexpected pos" in str(err):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
 
 
 def write_json(path, obj):

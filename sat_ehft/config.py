@@ -69,6 +69,8 @@ class Config:
     """Batch training sequences of similar length together (less padding; batches still shuffled)."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
+    checkpoint_minutes: float = 30.0
+    """Minutes of training between resumable checkpoints (one more when a stage ends; at most one per epoch; 0: every epoch)."""
     save_model: bool = False
     """Also write the final classifier as a SAT checkpoint folder RUN/model (large for RoBERTa-large)."""
     track_weight_distance: bool = False
@@ -90,6 +92,7 @@ class Config:
             (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),
             (self.batch_size % self.micro_batch_size == 0, "batch_size must be a multiple of micro_batch_size"),
             (0 <= self.warmup < 1, "warmup must lie in [0, 1)"),
+            (self.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,9 +10,10 @@ Run folder (the contract with everything that reads results):
   <stage>/metrics.jsonl        one line per epoch: epoch, step, lr, train_loss, dev metrics
   <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks)
   <stage>/tensorboard/         the same, for TensorBoard
-  <stage>/checkpoint/          DeepSpeed checkpoint of the last finished epoch (removed when the stage ends)
+  <stage>/cost.json            seconds spent training, evaluating, checkpointing; checkpoint bytes (every start)
+  <stage>/checkpoint/          the last resumable checkpoint (sat_ehft.checkpoints; removed when the stage ends)
   <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id + origin
-  <stage>/done.json            best and last scores, epochs, LR, seconds: the stage is finished
+  <stage>/done.json            best and last scores, epochs, LR, seconds and cost: the stage is finished
   model/                       the final classifier as a SAT checkpoint folder (config save_model)
   result.json                  the final stage's best and last scores, the seed, every stage's summary
 """
@@ -247,16 +248,21 @@ def run_stage(spec, out, index):
     task, method = get_task(spec.task), get_method(spec.method)
     stage, epochs = method.stages[index], method.stage_epochs(spec.config)[index]
     folder = Path(out) / stage.name
-    started = time.time()
+    started = time.perf_counter()
     ready = prepare_stage(spec, out, index)
     record_run(spec, out)
+    setup_seconds = time.perf_counter() - started
     budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
     files = StageFiles(folder)
     callbacks = [WeightDistanceLog(ready.model, folder)] if spec.config.track_weight_distance and is_main() else []
-    records = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev, spec.config, budget,
-                          seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=callbacks)
-    done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable),
-            "seconds": round(time.time() - started, 2), **summarize(task, records)}
+    records, cost = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev, spec.config, budget,
+                                seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=callbacks)
+    trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
+    # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
+    done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
+            "seconds": round(time.perf_counter() - started, 2),
+            "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
+            **summarize(task, records)}
     if is_main():
         save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, stage_origin(spec, stage),
                      folder / "trained.pt")
@@ -294,8 +300,14 @@ def rebuild_stage_model(out, stage_name):
 
 
 def stage_done(out, stage):
+    """The stage's done.json, None if it has not finished."""
     path = Path(out) / stage.name / "done.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # written atomically, so damaged after the fact
+        raise ValueError(f"{path}: unreadable ({err}); delete it and rerun: that stage is trained again") from None
 
 
 def run(spec, out, stage_number=None, log=print):

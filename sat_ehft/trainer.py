@@ -8,7 +8,7 @@ epochs. One process on CPU and N processes under the `deepspeed` launcher run th
 import json
 import math
 import os
-import shutil
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from sat_ehft import metrics, objective
-from sat_ehft.atomic import write_text
+from sat_ehft import checkpoints, metrics, objective
+from sat_ehft.atomic import write_json, write_text
 from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
 from sat_ehft.tracking import Trackers
 
@@ -109,7 +109,8 @@ def evaluate(model, task, features, batch_size, pad_id, device):
 
 @dataclass(frozen=True)
 class StageFiles:
-    """Where one stage writes: per-epoch metrics, per-step training loss, TensorBoard, resumable checkpoints."""
+    """Where one stage writes: per-epoch metrics, per-step training loss, TensorBoard, resumable checkpoints and
+    what they cost."""
 
     folder: Path
 
@@ -124,6 +125,10 @@ class StageFiles:
     @property
     def checkpoints(self):
         return self.folder / "checkpoint"
+
+    @property
+    def cost(self):
+        return self.folder / "cost.json"
 
     @property
     def tensorboard(self):
@@ -149,31 +154,55 @@ def _write_jsonl(path, rows):
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _restore(engine, files, rank):
-    """Resume from the last epoch checkpoint, if any: weights, optimizer, LR schedule, RNG, logs. Says so."""
-    if not (files.checkpoints / "latest").is_file():
+def _write_logs(files, progress, rank):
+    if rank == 0:
+        _write_jsonl(files.metrics, progress.records)
+        _write_jsonl(files.steps, progress.step_losses)
+
+
+def _restore(engine, files, trainable, rank):
+    """Resume from the newest whole checkpoint, if any: weights, optimizer, LR schedule, RNG, logs. Says so."""
+    report = partial(print, flush=True) if rank == 0 else (lambda message: None)
+    state = checkpoints.restore(engine, files.checkpoints, trainable, report=report)
+    if state is None:
         return _Progress()
-    _, state = engine.load_checkpoint(str(files.checkpoints))
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None:
         torch.cuda.set_rng_state(state["cuda_rng"])
-    if rank == 0:
-        print(f"{files.folder.name}: resumed after epoch {state['epoch']} from {files.checkpoints}", flush=True)
-    return _Progress(state)
+    report(f"{files.folder.name}: resumed after epoch {state['epoch']} from {files.checkpoints}")
+    progress = _Progress(state)
+    _write_logs(files, progress, rank)  # drops epochs logged after that checkpoint: they train again
+    return progress
 
 
-def _save(engine, files, progress, rank):
-    """Checkpoint the epoch just finished (all ranks), keep only it, then rewrite the logs from it."""
-    tag = f"epoch{progress.epoch}"
-    engine.save_checkpoint(str(files.checkpoints), tag=tag, client_state=progress.client_state())
-    if dist.get_world_size() > 1:
-        dist.barrier()
-    if rank == 0:
-        for old in files.checkpoints.iterdir():
-            if old.is_dir() and old.name != tag:
-                shutil.rmtree(old)
-        _write_jsonl(files.metrics, progress.records)
-        _write_jsonl(files.steps, progress.step_losses)
+class CheckpointPolicy:
+    """When to checkpoint: after the last epoch, and after any epoch that ends `minutes` or more after the
+    previous checkpoint (or the stage's start)."""
+
+    def __init__(self, minutes, last_epoch, clock):
+        self.seconds, self.last_epoch, self.clock = minutes * 60, last_epoch, clock
+        self.since = clock()
+
+    def due(self, epoch):
+        return epoch == self.last_epoch or self.clock() - self.since >= self.seconds
+
+    def saved(self):
+        self.since = self.clock()
+
+
+def _read_cost(files):
+    """What the stage has cost so far, over every start (work a kill threw away cost time too)."""
+    if files.cost.is_file():
+        return json.loads(files.cost.read_text(encoding="utf-8"))
+    return {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "checkpoint_bytes": 0,
+            "checkpoints": 0}
+
+
+def _save(engine, files, progress, cost):
+    started = time.perf_counter()
+    cost["checkpoint_bytes"] += checkpoints.save(engine, files.checkpoints, progress.epoch, progress.client_state())
+    cost["checkpoints"] += 1
+    cost["checkpoint_seconds"] += time.perf_counter() - started
 
 
 def _mean_over_ranks(value, device):
@@ -185,13 +214,15 @@ def _mean_over_ranks(value, device):
 
 
 def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
-                callbacks=()):
-    """Train `model` for `budget` and return the per-epoch records.
+                callbacks=(), clock=time.monotonic):
+    """Train `model` for `budget`; return (per-epoch records, cost: seconds spent training, evaluating and
+    checkpointing, checkpoint bytes written).
 
-    After every epoch: dev metrics, a DeepSpeed checkpoint in `files.checkpoints` (the previous one is
-    removed), then metrics.jsonl and train_loss.jsonl rewritten atomically; then each callback gets
-    (model, record). A rerun with the same arguments resumes after the last checkpointed epoch and ends
-    as an uninterrupted run would. A NaN loss raises NonFiniteLoss and leaves the last good checkpoint.
+    After every epoch: dev metrics, then metrics.jsonl and train_loss.jsonl rewritten atomically, then a
+    checkpoint in `files.checkpoints` when `config.checkpoint_minutes` have passed since the last one (and
+    after the last epoch; see sat_ehft.checkpoints), then each callback gets (model, record). A rerun with the
+    same arguments resumes after the last checkpoint and ends as an uninterrupted run would. A NaN loss
+    raises NonFiniteLoss and leaves the last good checkpoint. `clock` (seconds) drives the checkpoint policy.
     """
     import deepspeed
 
@@ -203,40 +234,57 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     optimizer = make_optimizer(model, trainable, budget.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    progress = _restore(engine, files, rank)
+    progress, cost = _restore(engine, files, trainable, rank), _read_cost(files)
+    policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)
     trackers = Trackers(files, config, rank)
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
-        engine.train()
-        micro_losses, epoch_losses = [], []
-        for batch in tqdm(loader, desc=f"{files.folder.name} epoch {epoch + 1}/{budget.epochs}",
-                          disable=None if rank == 0 else True, leave=False):
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss = objective.loss(engine.module.encode(**model_inputs(batch)), batch["labels"], task.objective)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{files.folder}: epoch {epoch + 1}, step {engine.global_steps + 1}: loss is "
-                                    f"{loss.item()}; the last good checkpoint is kept in {files.checkpoints}")
-            micro_losses.append(loss.item())
-            epoch_losses.append(micro_losses[-1])
-            boundary = engine.is_gradient_accumulation_boundary()
-            engine.backward(loss)
-            engine.step()
-            if boundary:
-                step_loss = _mean_over_ranks(sum(micro_losses) / len(micro_losses), engine.device)
-                progress.step_losses.append({"step": engine.global_steps, "loss": step_loss})
-                micro_losses = []
-                trackers.log({"train/loss": step_loss}, engine.global_steps)
+        started = time.perf_counter()
+        epoch_losses = _train_epoch(engine, loader, task, progress, trackers, files, (epoch + 1, budget.epochs), rank)
+        evaluated = time.perf_counter()
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0],
                   "train_loss": _mean_over_ranks(sum(epoch_losses) / len(epoch_losses), engine.device),
                   **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
+        cost["train_seconds"] += evaluated - started
+        cost["eval_seconds"] += time.perf_counter() - evaluated
         progress.epoch, progress.records = epoch + 1, progress.records + [record]
-        _save(engine, files, progress, rank)
+        _write_logs(files, progress, rank)
+        if policy.due(epoch + 1):
+            _save(engine, files, progress, cost)
+            policy.saved()
+        if rank == 0:
+            write_json(files.cost, cost)
         trackers.log({f"dev/{key}": value for key, value in record.items()}, record["step"])
         trackers.flush()
         for callback in callbacks:
             callback(engine.module, record)
     trackers.close()
-    return progress.records
+    return progress.records, cost
+
+
+def _train_epoch(engine, loader, task, progress, trackers, files, epoch_of, rank):
+    """One pass over this rank's micro-batches (epoch_of: this epoch's number and the stage's epochs); return
+    their losses."""
+    micro_losses, epoch_losses = [], []
+    engine.train()
+    for batch in tqdm(loader, desc=f"{files.folder.name} epoch {epoch_of[0]}/{epoch_of[1]}",
+                      disable=None if rank == 0 else True, leave=False):
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        loss = objective.loss(engine.module.encode(**model_inputs(batch)), batch["labels"], task.objective)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"{files.folder}: epoch {epoch_of[0]}, step {engine.global_steps + 1}: loss is "
+                                f"{loss.item()}; the last good checkpoint is kept in {files.checkpoints}")
+        micro_losses.append(loss.item())
+        epoch_losses.append(micro_losses[-1])
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(loss)
+        engine.step()
+        if boundary:
+            step_loss = _mean_over_ranks(sum(micro_losses) / len(micro_losses), engine.device)
+            progress.step_losses.append({"step": engine.global_steps, "loss": step_loss})
+            micro_losses = []
+            trackers.log({"train/loss": step_loss}, engine.global_steps)
+    return epoch_losses
 
 
 def _training_batches(features, config, rank, world_size, seed, pad_id):

@@ -83,6 +83,17 @@ def rte_dir(tmp_path_factory, shared_data):
 
 
 @pytest.fixture(scope="session")
+def rte_features(shared_data, minilm_tokenizer):
+    """(task, train, dev): a few real RTE rows encoded with MiniLM's tokenizer."""
+    from sat_ehft.tasks import encode_examples, get_task
+
+    task = get_task("rte")
+    train = encode_examples(task, task.read(shared_data, "train")[:24], minilm_tokenizer, 64)
+    dev = encode_examples(task, task.read(shared_data, "dev")[:20], minilm_tokenizer, 64)
+    return task, train, dev
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, minilm_dir):
     """A tiny random BERT that uses MiniLM's real tokenizer (same 30522-token vocabulary)."""
     return tiny_bert_folder(tmp_path_factory.mktemp("model") / "tiny-bert", minilm_dir)

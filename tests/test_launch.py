@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, tiny_bert_folder
 
 from sat_ehft.sweep import LAUNCH_VARIABLES
@@ -66,38 +67,104 @@ def test_two_processes_under_the_deepspeed_launcher_match_one(tmp_path, rte_dir,
     assert single[0] != single[-1]
 
 
-def test_run_killed_in_stage2_resumes_and_ends_as_an_uninterrupted_run(tmp_path, tiny_bert, shared_data):
+def bitfit_command(out, model, data, *settings):
+    """sat-ehft train of an EH-FT (BitFit) RTE run, 6 epochs: 1 in Stage 1, 5 in Stage 2."""
+    return [sys.executable, "-m", "sat_ehft", "train", "--task", "rte", "--method", "ehft-bitfit", "--model", str(model),
+            "--data-dir", str(data), "--seed", "7", "--out", str(out), "--config", str(REPO / "configs" / "rte.yaml"),
+            *[arg for pair in ("epochs=6", "max_length=64", "lr=1e-3", *settings) for arg in ("--set", pair)]]
+
+
+def same_outcome(run, reference):
+    """Both runs logged the same epochs and steps in both stages and trained the same tensors."""
+    import torch
+
+    for stage in ("stage1", "stage2"):
+        for name in ("metrics.jsonl", "train_loss.jsonl"):
+            assert (run / stage / name).read_text() == (reference / stage / name).read_text(), f"{stage}/{name}"
+        trained, expected = (torch.load(r / stage / "trained.pt", weights_only=True)["tensors"] for r in (run, reference))
+        assert trained.keys() == expected.keys() and all(torch.equal(trained[n], expected[n]) for n in expected)
+
+
+def test_run_killed_in_stage2_after_a_time_rule_checkpoint_resumes_after_it(tmp_path, tiny_bert, shared_data):
+    """SIGKILL once Stage 2 has logged an epoch past its last checkpoint, taken by the time rule (about every
+    2.5 epochs here): the rerun resumes after that checkpoint, trains the rest and ends as an uninterrupted run."""
     import signal
     import time
 
-    import torch
-
-    def command(out):
-        return [sys.executable, "-m", "sat_ehft", "train", "--task", "rte", "--method", "ehft-bitfit", "--model",
-                str(tiny_bert), "--data-dir", str(shared_data), "--seed", "7", "--out", str(out),
-                "--config", str(REPO / "configs" / "rte.yaml"),
-                *[arg for pair in ("epochs=6", "max_length=64", "lr=1e-3") for arg in ("--set", pair)]]
-
-    whole = subprocess.run(command(tmp_path / "whole"), cwd=REPO, env=launch_env(), capture_output=True, timeout=600)
+    whole = subprocess.run(bitfit_command(tmp_path / "whole", tiny_bert, shared_data), cwd=REPO, env=launch_env(),
+                           capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    victim = subprocess.Popen(command(tmp_path / "cut"), cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    latest = tmp_path / "cut" / "stage2" / "checkpoint" / "latest"
+    done = json.loads((tmp_path / "whole" / "stage2" / "done.json").read_text())
+    minutes = round(2.5 * done["cost"]["train_seconds"] / done["epochs"] / 60, 4)
+    command = bitfit_command(tmp_path / "cut", tiny_bert, shared_data, f"checkpoint_minutes={minutes}")
+    victim = subprocess.Popen(command, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage2 = tmp_path / "cut" / "stage2"
+
+    def checkpointed_and_past_it():
+        pointer, metrics = stage2 / "checkpoint" / "latest", stage2 / "metrics.jsonl"
+        if not (pointer.is_file() and metrics.is_file()):
+            return False
+        return len(metrics.read_text().splitlines()) > int(pointer.read_text().strip().removeprefix("epoch") or 99)
+
     deadline = time.monotonic() + 300
-    while not (latest.is_file() and latest.read_text().strip() == "epoch2") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not checkpointed_and_past_it() and time.monotonic() < deadline:
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert not (tmp_path / "cut" / "stage2" / "done.json").exists()  # really killed mid-stage 2
-    resumed = subprocess.run(command(tmp_path / "cut"), cwd=REPO, env=launch_env(), capture_output=True,
-                             text=True, timeout=600)
+    checkpoint = int((stage2 / "checkpoint" / "latest").read_text().strip().removeprefix("epoch"))
+    assert checkpoint < 5 and not (stage2 / "done.json").exists()  # killed mid-Stage 2
+    resumed = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stage1: already finished, skipped" in resumed.stdout
-    assert f"stage2: resumed after epoch 2 from {tmp_path / 'cut' / 'stage2' / 'checkpoint'}" in resumed.stdout
-    for name in ("metrics.jsonl", "train_loss.jsonl"):
-        assert (tmp_path / "cut" / "stage2" / name).read_text() == (tmp_path / "whole" / "stage2" / name).read_text()
-    cut, ref = (torch.load(tmp_path / run / "stage2" / "trained.pt", weights_only=True)["tensors"] for run in ("cut", "whole"))
-    assert all(torch.equal(cut[n], ref[n]) for n in ref)
+    assert f"stage2: resumed after epoch {checkpoint} from {stage2 / 'checkpoint'}" in resumed.stdout
+    assert json.loads((stage2 / "done.json").read_text())["cost"]["checkpoints"] >= 2  # mid-stage and at its end
+    same_outcome(tmp_path / "cut", tmp_path / "whole")
+
+
+# Runs `python -m sat_ehft` with one function of sat_ehft wrapped so that the process SIGKILLs itself at a chosen
+# moment: argv[1] module, argv[2] function, argv[3] a text the call's arguments must hold, argv[4:] the CLI.
+KILL_AT_CALL = """
+import importlib, os, signal, sys
+module = importlib.import_module(sys.argv[1])
+original = getattr(module, sys.argv[2])
+def killing(*args, **kwargs):
+    if sys.argv[3] in " ".join(map(str, args)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(module, sys.argv[2], killing)
+from sat_ehft.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def small_whole_run(tmp_path_factory, tiny_bert, rte_dir):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    run = subprocess.run(bitfit_command(out, tiny_bert, rte_dir, "checkpoint_minutes=0"), cwd=REPO, env=launch_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("module, function, when, leaves", [
+    # mid-write: Stage 2's epoch-3 files are written, its manifest and rename are not
+    ("sat_ehft.checkpoints", "_commit", "stage2/checkpoint/.epoch3.partial", "removed {out}/stage2/checkpoint/.epoch3.partial"),
+    # Stage 1's trained.pt is written, its done.json is not: Stage 1 is resumed after its last epoch, not retrained
+    ("sat_ehft.pipeline", "write_json", "stage1/done.json", "stage1: resumed after epoch 1"),
+])
+def test_a_kill_mid_checkpoint_or_before_done_json_reruns_to_the_uninterrupted_result(
+        tmp_path, tiny_bert, rte_dir, small_whole_run, module, function, when, leaves):
+    import signal
+
+    out = tmp_path / "cut"
+    command = bitfit_command(out, tiny_bert, rte_dir, "checkpoint_minutes=0")
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_CALL, module, function, str(out / when), *command[3:]],
+                            cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    rerun = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert leaves.format(out=out) in rerun.stdout
+    same_outcome(out, small_whole_run)
 
 
 def test_quickstart_offline_without_data_says_how_to_get_it(tmp_path):

@@ -69,6 +69,10 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(tmp_path, tiny_b
     assert (tmp_path / "stage1" / "done.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"run\.json: this folder belongs to another run \(differs in seed, config\.lr\)"):
         run(RunSpec(**{**spec.__dict__, "seed": 4, "config": Config(**{**CONFIG.__dict__, "lr": 2e-3})}), tmp_path)
+    done = tmp_path / "stage1" / "done.json"
+    done.write_text(done.read_text()[:40])  # damaged after it was written
+    with pytest.raises(ValueError, match=f"{done}: unreadable .*; delete it and rerun: that stage is trained again"):
+        run(spec, tmp_path)
 
 
 def test_stage2_needs_stage1(tmp_path, tiny_bert, rte_dir):

@@ -12,19 +12,11 @@ from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
-from sat_ehft.tasks import encode_examples, get_task
 from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, make_optimizer,
                               train_stage)
 
-CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0)
-
-
-@pytest.fixture(scope="module")
-def rte_features(shared_data, minilm_tokenizer):
-    task = get_task("rte")
-    train = encode_examples(task, task.read(shared_data, "train")[:24], minilm_tokenizer, 64)
-    dev = encode_examples(task, task.read(shared_data, "dev")[:20], minilm_tokenizer, 64)
-    return task, train, dev
+CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0,
+                checkpoint_minutes=0)
 
 
 def classifier(tmp_path, task, stage):
@@ -37,8 +29,8 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
     task, train, dev = rte_features
     model, trainable = classifier(tmp_path, task, get_method("ehft-bitfit").stages[0])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    records = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-2, epochs=3), seed=1,
-                          pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
+    records, _ = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-2, epochs=3), seed=1,
+                             pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == trainable  # every trainable tensor moved, nothing else did
@@ -77,8 +69,8 @@ def interrupt_after(epoch):
 def run_ft(tmp_path, rte_features, pad_id, folder, epochs=3, callbacks=()):
     task, train, dev = rte_features
     model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
-    records = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=epochs), seed=4,
-                          pad_id=pad_id, files=StageFiles(tmp_path / folder), callbacks=callbacks)
+    records, _ = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=epochs), seed=4,
+                             pad_id=pad_id, files=StageFiles(tmp_path / folder), callbacks=callbacks)
     return model, records
 
 
@@ -120,8 +112,8 @@ def test_precisions_and_zero_stages_train(tmp_path, rte_features, minilm_tokeniz
     config = Config(**{**CONFIG.__dict__, "precision": precision, "zero_stage": zero_stage, "group_by_length": grouped})
     model, trainable = classifier(tmp_path, task, get_method("ehft-lora").stages[0])
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
-    records = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
-                          pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
+    records, _ = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
+                             pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
     assert [r["step"] for r in records] == [3, 6]  # micro-batch 4, accumulation 2: 24 rows make 3 steps
     params = dict(model.named_parameters())
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -216,8 +208,8 @@ def test_report_to_wandb_offline_gets_the_logged_losses_and_metrics(tmp_path, rt
     task, train, dev = rte_features
     config = Config(**{**CONFIG.__dict__, "report_to": ("wandb",)})
     model, trainable = classifier(tmp_path, task, get_method("ehft-bitfit").stages[0])
-    records = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
-                          pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "run" / "stage1"))
+    records, _ = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
+                             pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "run" / "stage1"))
     history = wandb_history(tmp_path / "run" / "stage1")
     steps = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "train_loss.jsonl").read_text().splitlines()]
     assert {step: row["train/loss"] for step, row in history.items()} == {s["step"]: s["loss"] for s in steps}

@@ -1,0 +1,229 @@
+"""A stage's checkpoints (sat_ehft.checkpoints): whole or absent, only what trains, never a way to run code, and
+a resume that starts after the last whole checkpoint and ends as an uninterrupted run."""
+
+import errno
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from test_trainer import CONFIG, Interrupted, classifier, interrupt_after, run_ft
+
+from sat_ehft import checkpoints
+from sat_ehft.atomic import atomic_path
+from sat_ehft.cli import error_message
+from sat_ehft.config import Config
+from sat_ehft.methods import get_method
+from sat_ehft.trainer import StageBudget, StageFiles, train_stage
+
+
+def train(tmp_path, rte_features, pad_id, folder, method="ehft-bitfit", epochs=2, callbacks=(), clock=None, **config):
+    task, train_rows, dev = rte_features
+    model, trainable = classifier(tmp_path, task, get_method(method).stages[0])
+    extra = {"clock": clock} if clock else {}
+    records, cost = train_stage(model, trainable, task, train_rows, dev, Config(**{**CONFIG.__dict__, **config}),
+                                StageBudget(lr=1e-3, epochs=epochs), seed=3, pad_id=pad_id,
+                                files=StageFiles(tmp_path / folder), callbacks=callbacks, **extra)
+    return model, trainable, records, cost
+
+
+def logged(folder, name="metrics.jsonl"):
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+
+
+def test_a_checkpoint_is_a_renamed_tag_with_a_manifest_and_only_the_trained_tensors(tmp_path, rte_features,
+                                                                                   minilm_tokenizer):
+    pad = minilm_tokenizer.pad_token_id
+    sizes = {}
+    for method in ("ehft-bitfit", "ft"):
+        model, trainable, _, cost = train(tmp_path, rte_features, pad, method, method=method, epochs=1)
+        folder = tmp_path / method / "checkpoint"
+        assert sorted(p.name for p in folder.iterdir()) == ["epoch1", "latest"]  # no temporary tag left
+        assert (folder / "latest").read_text() == "epoch1\n"
+        manifest = json.loads((folder / "epoch1" / checkpoints.MANIFEST).read_text())
+        on_disk = {f.name: f.stat().st_size for f in (folder / "epoch1").iterdir() if f.name != checkpoints.MANIFEST}
+        assert manifest == {"tag": "epoch1", "files": on_disk}
+        assert cost["checkpoint_bytes"] == sum(on_disk.values()) and cost["checkpoints"] == 1
+        saved = checkpoints.safe_load(folder / "epoch1" / "mp_rank_00_model_states.pt")["module"]
+        buffers = {name for name, _ in model.named_buffers()}
+        assert set(saved) - buffers == trainable  # the frozen backbone is not saved again
+        sizes[method] = cost["checkpoint_bytes"]
+    assert sizes["ehft-bitfit"] < sizes["ft"] / 10
+
+
+def test_the_time_rule_checkpoints_mid_stage_and_a_resume_starts_after_that_checkpoint(tmp_path, rte_features,
+                                                                                       minilm_tokenizer, capsys):
+    """Each epoch 'takes' 10 minutes on a fake clock; with checkpoint_minutes=25 the checkpoints fall after
+    epochs 4 and 6 (the last). A run interrupted after epoch 5 resumes after epoch 4, not from the start."""
+    pad = minilm_tokenizer.pad_token_id
+    _, _, whole, _ = train(tmp_path, rte_features, pad, "whole", epochs=6)
+    now = [0.0]
+
+    def ten_minutes_pass(model, record):
+        now[0] += 600
+
+    pointer, tags = tmp_path / "cut" / "checkpoint" / "latest", []
+
+    def note_checkpoint(model, record):
+        tags.append(pointer.read_text().strip() if pointer.exists() else None)
+
+    with pytest.raises(Interrupted):
+        train(tmp_path, rte_features, pad, "cut", epochs=6, clock=lambda: now[0], checkpoint_minutes=25,
+              callbacks=[note_checkpoint, ten_minutes_pass, interrupt_after(5)])
+    assert tags == [None, None, None, "epoch4", "epoch4"]
+    assert [r["epoch"] for r in logged(tmp_path / "cut")] == [1, 2, 3, 4, 5]
+    capsys.readouterr()
+    now[0], trained = 0.0, []
+    _, _, resumed, cost = train(tmp_path, rte_features, pad, "cut", epochs=6, clock=lambda: now[0],
+                                checkpoint_minutes=25,
+                                callbacks=[ten_minutes_pass, lambda m, r: trained.append(r["epoch"])])
+    assert "cut: resumed after epoch 4" in capsys.readouterr().out
+    assert trained == [5, 6]
+    assert resumed == whole and logged(tmp_path / "cut") == whole
+    assert cost["checkpoints"] == 2  # epoch 4 before the interruption, epoch 6 after it
+
+
+class CreatesAFolder:
+    """A pickle that, when unpickled without weights_only, creates a folder: what an attacker would plant."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.path),)
+
+
+def plant(tag_folder, marker):
+    """Overwrite the checkpoint's last file with a code-running pickle, and its manifest to match."""
+    victim = sorted(f for f in tag_folder.iterdir() if f.suffix == ".pt")[-1]
+    torch.save({"module": {}, "payload": CreatesAFolder(marker)}, victim)
+    manifest = json.loads((tag_folder / checkpoints.MANIFEST).read_text())
+    manifest["files"][victim.name] = victim.stat().st_size
+    (tag_folder / checkpoints.MANIFEST).write_text(json.dumps(manifest))
+    return victim
+
+
+@pytest.mark.parametrize("precision, zero_stage", [("fp32", 0), ("fp32", 1), ("fp32", 2), ("bf16", 0), ("bf16", 2)])
+def test_a_planted_pickle_is_never_run_and_real_checkpoints_load_weights_only(tmp_path, rte_features, minilm_tokenizer,
+                                                                              capsys, precision, zero_stage):
+    pad, settings = minilm_tokenizer.pad_token_id, {"precision": precision, "zero_stage": zero_stage}
+    with pytest.raises(Interrupted):
+        train(tmp_path, rte_features, pad, "run", callbacks=[interrupt_after(1)], **settings)
+    shutil.copytree(tmp_path / "run", tmp_path / "planted")
+    capsys.readouterr()
+    train(tmp_path, rte_features, pad, "run", **settings)  # the real checkpoint loads with weights_only
+    assert "run: resumed after epoch 1" in capsys.readouterr().out
+    marker = tmp_path / "code-ran"
+    victim = plant(tmp_path / "planted" / "checkpoint" / "epoch1", marker)
+    with pytest.raises(checkpoints.CheckpointError, match=f"{victim}: holds pickled objects that are not tensors"):
+        train(tmp_path, rte_features, pad, "planted", **settings)
+    assert not marker.exists()
+    assert (victim.parent / checkpoints.MANIFEST).exists()  # refused, left as it is for inspection
+
+
+def test_deepspeeds_own_loads_are_weights_only(tmp_path, rte_features, minilm_tokenizer, monkeypatch):
+    """Even past the verification, DeepSpeed's load_checkpoint unpickles with weights_only."""
+    pad = minilm_tokenizer.pad_token_id
+    with pytest.raises(Interrupted):
+        train(tmp_path, rte_features, pad, "run", callbacks=[interrupt_after(1)], zero_stage=1)
+    marker = tmp_path / "code-ran"
+    plant(tmp_path / "run" / "checkpoint" / "epoch1", marker)
+    monkeypatch.setattr(checkpoints, "problem_with", lambda tag_folder, trainable: None)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train(tmp_path, rte_features, pad, "run", zero_stage=1)
+    assert not marker.exists()
+
+
+def interrupted_twice(tmp_path, rte_features, pad):
+    """A 3-epoch run stopped after epoch 2, its checkpoint folder holding a whole epoch1 beside epoch2 (as a
+    kill between the new tag's rename and the old one's removal leaves it)."""
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(1)])
+    shutil.copytree(tmp_path / "cut" / "checkpoint" / "epoch1", tmp_path / "epoch1-copy")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+    folder = tmp_path / "cut" / "checkpoint"
+    shutil.copytree(tmp_path / "epoch1-copy", folder / "epoch1")
+    return folder
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_broken_checkpoint_is_set_aside_and_the_stage_resumes_from_the_last_whole_one(tmp_path, rte_features,
+                                                                                       minilm_tokenizer, capsys):
+    pad = minilm_tokenizer.pad_token_id
+    whole, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    folder = interrupted_twice(tmp_path, rte_features, pad)
+    (folder / "latest").write_text("")  # DeepSpeed's pointer, emptied by a crash: not needed to resume
+    truncate(folder / "epoch2" / "mp_rank_00_model_states.pt")  # a power loss after the rename (no fsync)
+    capsys.readouterr()
+    trained = []
+    resumed, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
+    out = capsys.readouterr().out
+    assert f"{folder / 'epoch2'}: not a whole checkpoint (mp_rank_00_model_states.pt has" in out
+    assert f"moved to {folder / 'epoch2.broken'}" in out and "cut: resumed after epoch 1" in out
+    assert trained == [2, 3] and records == whole_records
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    assert (folder / "epoch2.broken" / "mp_rank_00_model_states.pt").is_file()  # set aside, not deleted
+    assert (folder / "latest").read_text() == "epoch3\n"
+
+
+def test_an_unreadable_only_checkpoint_restarts_the_stage(tmp_path, rte_features, minilm_tokenizer, capsys):
+    pad = minilm_tokenizer.pad_token_id
+    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+    folder = tmp_path / "cut" / "checkpoint"
+    (folder / "latest").write_text("epoch7\n")  # names a missing tag
+    states = folder / "epoch2" / "mp_rank_00_model_states.pt"
+    truncate(states)
+    manifest = json.loads((folder / "epoch2" / checkpoints.MANIFEST).read_text())
+    manifest["files"][states.name] = states.stat().st_size  # the size matches: only reading it shows the damage
+    (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
+    capsys.readouterr()
+    trained = []
+    _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
+    assert "mp_rank_00_model_states.pt is unreadable" in capsys.readouterr().out
+    assert trained == [1, 2, 3] and records == whole_records
+
+
+def test_a_full_disk_during_a_checkpoint_says_where_keeps_the_last_one_and_a_rerun_resumes(
+        tmp_path, rte_features, minilm_tokenizer, monkeypatch, capsys):
+    pad = minilm_tokenizer.pad_token_id
+    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    import deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine as engine_module
+
+    real_save = torch.save
+
+    def disk_fills_at_epoch2(state, path, **kwargs):
+        if ".epoch2.partial" in str(path):
+            open(path, "wb").write(b"PK\x03\x04 half a file")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 146717440 vs 146717328")
+        real_save(state, path, **kwargs)
+
+    monkeypatch.setattr(engine_module.torch, "save", disk_fills_at_epoch2)
+    with pytest.raises(OSError) as failure:
+        run_ft(tmp_path, rte_features, pad, "cut")
+    folder = tmp_path / "cut" / "checkpoint"
+    assert failure.value.errno == errno.ENOSPC
+    message = error_message(failure.value)
+    assert message.startswith(f"{folder / '.epoch2.partial'}: No space left on device (") and "MiB free there" in message
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch1", "latest"]  # the half-written tag is gone
+    monkeypatch.setattr(engine_module.torch, "save", real_save)
+    capsys.readouterr()
+    _, records = run_ft(tmp_path, rte_features, pad, "cut")
+    assert "cut: resumed after epoch 1" in capsys.readouterr().out and records == whole_records
+
+
+def test_a_full_disk_during_an_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path):
+    path = tmp_path / "trained.pt"
+    path.write_bytes(b"the previous file")
+    with pytest.raises(OSError) as failure:
+        with atomic_path(path):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 1000")
+    assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(path)
+    assert path.read_bytes() == b"the previous file" and os.listdir(tmp_path) == ["trained.pt"]
