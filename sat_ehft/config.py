@@ -69,6 +69,8 @@ class Config:
     """Batch training sequences of similar length together (less padding; batches still shuffled)."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
+    log_every: int = 20
+    """Optimizer steps between reads of the training loss on the host (each read waits for the device); all are logged."""
     checkpoint_minutes: float = 30.0
     """Minutes of training between resumable checkpoints (one more when a stage ends; at most one per epoch; 0: every epoch)."""
     save_model: bool = False
@@ -80,7 +82,7 @@ class Config:
 
     def __post_init__(self):
         positive = ("epochs", "lr", "max_length", "lora_r", "prefix_len", "batch_size", "micro_batch_size",
-                    "eval_batch_size")
+                    "eval_batch_size", "log_every")
         zero_or_less = [name for name in positive if not getattr(self, name) > 0]
         if zero_or_less:  # checked first: the checks below divide by some of them
             raise ValueError(f"invalid config: {', '.join(zero_or_less)} must be positive")

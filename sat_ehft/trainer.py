@@ -205,12 +205,43 @@ def _save(engine, files, progress, cost):
     cost["checkpoint_seconds"] += time.perf_counter() - started
 
 
-def _mean_over_ranks(value, device):
-    if dist.get_world_size() == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return total.item() / dist.get_world_size()
+def _mean_over_ranks(values):
+    """`values` (a device tensor) averaged over the ranks, on the host: one sync for all of them."""
+    values = values.double()
+    if dist.get_world_size() > 1:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values.tolist()
+
+
+class StepLosses:
+    """The optimizer steps' losses, kept on the device and read at logging points only (every `log_every`
+    steps and at the epoch's end): reading a loss on the host stalls the device's queue. A non-finite loss
+    is found there and stops the stage, naming the steps read."""
+
+    def __init__(self, progress, trackers, files, log_every):
+        self.progress, self.trackers, self.files, self.log_every = progress, trackers, files, log_every
+        self.pending = []  # (step, loss on the device)
+
+    def add(self, step, loss):
+        self.pending.append((step, loss))
+        if step % self.log_every == 0:
+            self.read()
+
+    def read(self):
+        if not self.pending:
+            return
+        steps = [step for step, _ in self.pending]
+        values = _mean_over_ranks(torch.stack([loss for _, loss in self.pending]))
+        self.pending = []
+        bad = next((step for step, value in zip(steps, values) if not math.isfinite(value)), None)
+        if bad is not None:
+            span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+            raise NonFiniteLoss(f"{self.files.folder}: {span}: loss is {values[steps.index(bad)]} at step {bad}; "
+                                f"the last good checkpoint is kept in {self.files.checkpoints}")
+        for step, value in zip(steps, values):
+            self.progress.step_losses.append({"step": step, "loss": value})
+            self.trackers.log({"train/loss": value}, step)
 
 
 def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
@@ -222,7 +253,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     checkpoint in `files.checkpoints` when `config.checkpoint_minutes` have passed since the last one (and
     after the last epoch; see sat_ehft.checkpoints), then each callback gets (model, record). A rerun with the
     same arguments resumes after the last checkpoint and ends as an uninterrupted run would. A NaN loss
-    raises NonFiniteLoss and leaves the last good checkpoint. `clock` (seconds) drives the checkpoint policy.
+    raises NonFiniteLoss when read (every `config.log_every` steps, see StepLosses) and leaves the last good
+    checkpoint. `clock` (seconds) drives the checkpoint policy.
     """
     import deepspeed
 
@@ -237,13 +269,16 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     progress, cost = _restore(engine, files, trainable, rank), _read_cost(files)
     policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)
     trackers = Trackers(files, config, rank)
+    step_losses = StepLosses(progress, trackers, files, config.log_every)
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
         started = time.perf_counter()
-        epoch_losses = _train_epoch(engine, loader, task, progress, trackers, files, (epoch + 1, budget.epochs), rank)
+        skipped = engine.skipped_steps
+        train_loss = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
+                                  f"{budget.epochs}", rank)
         evaluated = time.perf_counter()
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0],
-                  "train_loss": _mean_over_ranks(sum(epoch_losses) / len(epoch_losses), engine.device),
+                  "train_loss": train_loss, **_skipped(engine, skipped, config),
                   **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
@@ -262,29 +297,29 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     return progress.records, cost
 
 
-def _train_epoch(engine, loader, task, progress, trackers, files, epoch_of, rank):
-    """One pass over this rank's micro-batches (epoch_of: this epoch's number and the stage's epochs); return
-    their losses."""
-    micro_losses, epoch_losses = [], []
+def _skipped(engine, before, config):
+    """With fp16, the optimizer steps the loss scaler skipped this epoch (an overflow lowers the scale; not an
+    error)."""
+    return {"skipped_steps": engine.skipped_steps - before} if config.precision == "fp16" else {}
+
+
+def _train_epoch(engine, loader, task, step_losses, description, rank):
+    """One pass over this rank's micro-batches; return their mean loss over every rank (read at the end)."""
+    micro_losses, epoch_loss = [], torch.zeros((), device=engine.device)
     engine.train()
-    for batch in tqdm(loader, desc=f"{files.folder.name} epoch {epoch_of[0]}/{epoch_of[1]}",
-                      disable=None if rank == 0 else True, leave=False):
+    for batch in tqdm(loader, desc=description, disable=None if rank == 0 else True, leave=False):
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         loss = objective.loss(engine.module.encode(**model_inputs(batch)), batch["labels"], task.objective)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"{files.folder}: epoch {epoch_of[0]}, step {engine.global_steps + 1}: loss is "
-                                f"{loss.item()}; the last good checkpoint is kept in {files.checkpoints}")
-        micro_losses.append(loss.item())
-        epoch_losses.append(micro_losses[-1])
+        micro_losses.append(loss.detach())
+        epoch_loss += micro_losses[-1]
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         engine.step()
         if boundary:
-            step_loss = _mean_over_ranks(sum(micro_losses) / len(micro_losses), engine.device)
-            progress.step_losses.append({"step": engine.global_steps, "loss": step_loss})
+            step_losses.add(engine.global_steps, torch.stack(micro_losses).mean())
             micro_losses = []
-            trackers.log({"train/loss": step_loss}, engine.global_steps)
-    return epoch_losses
+    step_losses.read()
+    return _mean_over_ranks((epoch_loss / len(loader))[None])[0]
 
 
 def _training_batches(features, config, rank, world_size, seed, pad_id):

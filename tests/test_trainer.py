@@ -66,10 +66,11 @@ def interrupt_after(epoch):
     return callback
 
 
-def run_ft(tmp_path, rte_features, pad_id, folder, epochs=3, callbacks=()):
+def run_ft(tmp_path, rte_features, pad_id, folder, epochs=3, callbacks=(), **config):
     task, train, dev = rte_features
     model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
-    records, _ = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=epochs), seed=4,
+    config = Config(**{**CONFIG.__dict__, **config})
+    records, _ = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-3, epochs=epochs), seed=4,
                              pad_id=pad_id, files=StageFiles(tmp_path / folder), callbacks=callbacks)
     return model, records
 
@@ -98,12 +99,37 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_
         with torch.no_grad():
             model.get_mixin("head").out.bias.fill_(float("nan"))
 
-    with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 4: loss is nan; the last good checkpoint is kept"):
-        run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "nan", callbacks=[poison])
+    with pytest.raises(NonFiniteLoss, match=r"nan: steps 4-5: loss is nan at step 4; the last good checkpoint is kept"):
+        run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "nan", callbacks=[poison], log_every=5)
     checkpoints = tmp_path / "nan" / "checkpoint"
     assert (checkpoints / "latest").read_text().strip() == "epoch1"
     saved = torch.load(checkpoints / "epoch1" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved["module"].values())
+
+
+def test_the_loss_is_read_on_the_host_at_logging_points_only(tmp_path, rte_features, minilm_tokenizer, monkeypatch):
+    """Host reads of tensors from the trainer's own code: one per logging point plus one per epoch's mean loss,
+    never one per step; yet every step's loss is logged, the same whatever log_every is."""
+    import sys
+
+    import sat_ehft.trainer
+
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        def counted(tensor, *args, _original=getattr(torch.Tensor, name), _name=name):
+            if sys._getframe(1).f_code.co_filename == sat_ehft.trainer.__file__:
+                reads.append(_name)
+            return _original(tensor, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    logs = {}
+    for log_every in (100, 1):
+        reads.clear()
+        run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, f"every{log_every}", epochs=2, log_every=log_every)
+        logs[log_every] = ((tmp_path / f"every{log_every}" / "train_loss.jsonl").read_text(), len(reads))
+    assert logs[100][1] == 2 * 2  # per epoch: the steps' losses at its end, its mean loss
+    assert logs[1][1] == 2 * (3 + 1)  # per epoch: each of its 3 steps, its mean loss
+    assert logs[100][0] == logs[1][0] and len(logs[1][0].splitlines()) == 6
 
 
 @pytest.mark.parametrize("precision, zero_stage, grouped", [("fp32", 1, True), ("bf16", 0, False), ("bf16", 2, False)])
