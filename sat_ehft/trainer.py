@@ -90,19 +90,29 @@ def make_optimizer(model, trainable, lr, config):
 
 @torch.no_grad()
 def head_scores(model, features, batch_size, pad_id, device):
-    """The head's outputs for encoded `features`, in order, on the CPU ([examples, outputs or choices])."""
+    """The head's outputs for encoded `features`, in order, on the CPU ([examples, outputs or choices]).
+
+    Under several ranks, each scores every world-size-th batch and all of them get every score. The batches
+    are the ones a lone rank makes, so the scores (and metrics) are the same bits as on one rank.
+    """
     was_training = model.training
     model.eval()
-    scores = []
-    for start in range(0, len(features), batch_size):
+    starts = range(0, len(features), batch_size)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    scores = {}
+    for start in starts[rank::world_size]:
         batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], pad_id).items()}
-        scores.append(model.encode(**model_inputs(batch)).cpu())
+        scores[start] = model.encode(**model_inputs(batch)).cpu()
+    if world_size > 1:
+        shares = [None] * world_size
+        dist.all_gather_object(shares, scores)
+        scores = {start: score for share in shares for start, score in share.items()}
     model.train(was_training)
-    return torch.cat(scores)
+    return torch.cat([scores[start] for start in starts])
 
 
 def evaluate(model, task, features, batch_size, pad_id, device):
-    """{metric: value} of `model` on encoded, labelled `features` (every rank evaluates the whole dev set)."""
+    """{metric: value} of `model` on encoded, labelled `features` (each rank scores its share, see head_scores)."""
     predictions = objective.predict(head_scores(model, features, batch_size, pad_id, device), task.objective)
     return metrics.compute(task.metrics, predictions.numpy(), [f["label"] for f in features])
 

@@ -67,6 +67,60 @@ def test_two_processes_under_the_deepspeed_launcher_match_one(tmp_path, rte_dir,
     assert single[0] != single[-1]
 
 
+# Scores the dev rows of STS-B and COPA with a seeded random head on the tiny BERT and writes (rank 0) the
+# scores, the metrics and how many batches each rank scored: argv[1] model folder, argv[2] data folder,
+# argv[3] output file.
+EVALUATE = """
+import json, sys, torch
+import torch.distributed as dist
+from pathlib import Path
+from sat_ehft.backbone import load_backbone
+from sat_ehft.classifier import build_classifier
+from sat_ehft.config import Config
+from sat_ehft.methods import get_method
+from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.trainer import ensure_distributed, evaluate, head_scores
+rank, world_size = ensure_distributed()
+found = {"world_size": world_size}
+for name, rows in (("sts-b", 45), ("copa", 29)):
+    backbone = load_backbone(sys.argv[1])  # the classifier is built on (and changes) the backbone's model
+    tokenizer = backbone.load_tokenizer()
+    task = get_task(name)
+    dev = encode_examples(task, task.read(sys.argv[2], "dev")[:rows], tokenizer, 64)
+    torch.manual_seed(0)
+    model, _ = build_classifier(backbone, task, get_method("ft").stages[0], Config())
+    calls, encode = [], model.encode
+    model.encode = lambda *args, **kwargs: calls.append(1) or encode(*args, **kwargs)
+    found[name] = {"scores": head_scores(model, dev, 8, tokenizer.pad_token_id, "cpu").tolist(),
+                   "metrics": evaluate(model, task, dev, 8, tokenizer.pad_token_id, "cpu")}
+    batches = [None] * world_size
+    dist.all_gather_object(batches, len(calls))
+    found[name]["batches per rank"] = batches
+if rank == 0:
+    Path(sys.argv[3]).write_text(json.dumps(found))
+"""
+
+
+def test_two_ranks_share_the_evaluation_and_get_the_one_rank_scores_bit_for_bit(tmp_path, tiny_bert, shared_data):
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVALUATE)
+    arguments = [str(script), str(tiny_bert), str(shared_data)]
+    one = subprocess.run([sys.executable, *arguments, str(tmp_path / "one.json")], cwd=REPO, env=launch_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--no_local_rank",
+                          *arguments, str(tmp_path / "two.json")], cwd=REPO, env=launch_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, shared = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert (single.pop("world_size"), shared.pop("world_size")) == (1, 2)
+    # head_scores and evaluate each score the 6 (STS-B) and 4 (COPA) batches once: each rank did half
+    assert [single[t].pop("batches per rank") for t in ("sts-b", "copa")] == [[12], [8]]
+    assert [shared[t].pop("batches per rank") for t in ("sts-b", "copa")] == [[6, 6], [4, 4]]
+    assert single == shared  # every score and metric, bit for bit
+    assert len(single["sts-b"]["scores"]) == 45 and len(single["copa"]["scores"]) == 29
+
+
 def bitfit_command(out, model, data, *settings):
     """sat-ehft train of an EH-FT (BitFit) RTE run, 6 epochs: 1 in Stage 1, 5 in Stage 2."""
     return [sys.executable, "-m", "sat_ehft", "train", "--task", "rte", "--method", "ehft-bitfit", "--model", str(model),
