@@ -38,11 +38,12 @@ from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
+from sat_ehft.encoded_cache import encoded_split
 from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
 
@@ -209,8 +210,7 @@ def summarize(task, records):
 
 
 def encoded_splits(task, spec, tokenizer):
-    return [encode_examples(task, task.read_split(spec.data_dir, split), tokenizer, spec.config.max_length)
-            for split in ("train", "dev")]
+    return [encoded_split(task, spec.data_dir, split, tokenizer, spec.config.max_length) for split in ("train", "dev")]
 
 
 @dataclass

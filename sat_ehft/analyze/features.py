@@ -4,12 +4,13 @@ and the head's 2048-d hidden layer (Figure 4)."""
 import torch
 
 from sat_ehft.batching import collate, model_inputs
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.encoded_cache import encoded_split
+from sat_ehft.tasks import get_task
 
 
 def encoded(spec, tokenizer, split):
     task = get_task(spec.task)
-    return task, encode_examples(task, task.read_split(spec.data_dir, split), tokenizer, spec.config.max_length)
+    return task, encoded_split(task, spec.data_dir, split, tokenizer, spec.config.max_length)
 
 
 @torch.no_grad()

@@ -248,6 +248,12 @@ class Task:
             raise DataError(f"{source}: unknown label {raw!r}; expected one of {list(self.labels)}")
         return self.labels.index(text)
 
+    def encoding_settings(self):
+        """What, besides the text, the tokenizer and max_length, decides this task's encoded examples (a
+        subclass with settings of its own adds them): the key of the encoded-data cache."""
+        return {"task": self.name, "class": type(self).__name__, "text_fields": self.text_fields,
+                "labels": self.labels, "truncation": self.truncation}
+
     def encode(self, example, tokenizer, max_length):
         """Token ids for the model: {'input_ids', 'token_type_ids', 'label'} (lists of ints)."""
         texts = [example.fields[f] for f in self.text_fields]
