@@ -132,7 +132,8 @@ def sat_weights_file(folder):
 
 
 def build_backbone(config):
-    """A randomly initialised backbone of the architecture described by a model_config.json dict."""
+    """A backbone of the architecture described by a model_config.json dict, its memory not initialised
+    (SAT's skip_init): load weights into it."""
     cls = SAT_CLASSES[config["model_class"]]
     args = cls.get_args(**{k: v for k, v in config.items() if k != "model_class"}, skip_init=True)
     return cls(args)
@@ -144,12 +145,19 @@ def load_sat_folder(folder):
     weights = sat_weights_file(folder)
     state = load_tensors(weights, "the checkpoint is truncated or not a SAT checkpoint: copy or convert it again")["module"]
     state = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+    model = backbone_with_weights(config, state, weights)
+    return Backbone(model=model, folder=folder, config=config, fingerprint=weights_fingerprint(state))
+
+
+def backbone_with_weights(config, state, source):
+    """The backbone of a model_config.json dict holding `state` (every tensor, nothing else: else an error
+    naming `source`)."""
     model = build_backbone(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights}: does not fit {config['model_class']}: "
+        raise ValueError(f"{source}: does not fit {config['model_class']}: "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    return Backbone(model=model, folder=folder, config=config, fingerprint=weights_fingerprint(state))
+    return model
 
 
 def weights_fingerprint(state):

@@ -5,11 +5,13 @@ Ours: the SAT backbone (unpadded rows and per-sequence SDPA, or SDPA with the pa
 baseline: `RobertaForSequenceClassification` / `BertForSequenceClassification` with sdpa and torch's
 default AdamW. Both take forward, backward and an optimizer step, under the same autocast precision, on
 the same batches padded to their own longest sequence, with lengths drawn from a real task's
-token-length distribution and random ids and weights. The sides run one after the other, so that each
-peak memory is its own.
+token-length distribution and random ids. Both start from the same weights, Hugging Face's initialisation
+(ours converted from it; an uninitialised model would time NaNs and denormals), and each side's losses must
+stay finite. The sides run one after the other, so that each peak memory is its own.
 """
 
 import json
+import math
 import platform
 import random
 import time
@@ -84,18 +86,21 @@ def hf_step(kind, config):
     return model, loss, optimizer
 
 
-def our_step(kind, config, method, unpad=True):
-    from sat_ehft.backbone import Backbone, build_backbone
+def our_step(kind, config, method, hf_weights, unpad=True):
+    """Our classifier on the backbone weights of `hf_weights` (an HF classifier's state dict), converted."""
+    from sat_ehft.backbone import Backbone, backbone_with_weights
     from sat_ehft.classifier import build_classifier
     from sat_ehft.config import Config
-    from sat_ehft.convert import sat_model_config
+    from sat_ehft.convert import sat_model_config, sat_state_dict
     from sat_ehft.methods import get_method
     from sat_ehft.objective import loss as task_loss
     from sat_ehft.tasks import get_task
     from sat_ehft.trainer import make_optimizer
 
     model_config = sat_model_config({**config.to_dict(), "model_type": kind})
-    backbone = Backbone(model=build_backbone(model_config), folder=None, config=model_config, fingerprint="")
+    weights, _ = sat_state_dict({**config.to_dict(), "model_type": kind}, hf_weights, source="the HF side")
+    backbone = Backbone(model=backbone_with_weights(model_config, weights, "the HF side"), folder=None,
+                        config=model_config, fingerprint="")
     run_config = Config(unpad=unpad)
     model, trainable = build_classifier(backbone, get_task("rte"), get_method(method).stages[0], run_config)
 
@@ -108,8 +113,13 @@ def our_step(kind, config, method, unpad=True):
     return model, loss, optimizer
 
 
+class NonFiniteBenchLoss(RuntimeError):
+    """A side's loss became NaN or infinite: its timing would not be a training step's."""
+
+
 def measure(model, loss_fn, make_optimizer, batches, warmup, precision, device):
-    """Seconds for the timed batches (after `warmup` untimed ones) and the peak memory in GiB (CUDA only)."""
+    """(Seconds for the timed batches (after `warmup` untimed ones), the peak memory in GiB (CUDA only), the
+    first and last timed losses). The losses stay on the device until the timing ends."""
     model.to(device).train()
     optimizer = make_optimizer()  # after the move: a fused optimizer works on the parameters' device
     dtype = DTYPES[precision]
@@ -120,6 +130,7 @@ def measure(model, loss_fn, make_optimizer, batches, warmup, precision, device):
         value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return value.detach()
 
     for batch in batches[:warmup]:
         step(*batch)
@@ -127,25 +138,28 @@ def measure(model, loss_fn, make_optimizer, batches, warmup, precision, device):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for batch in batches[warmup:]:
-        step(*batch)
+    losses = [step(*batch) for batch in batches[warmup:]]
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
     model.to("cpu")
-    return seconds, peak
+    losses = torch.stack(losses).float().tolist()
+    if not all(map(math.isfinite, losses)):
+        raise NonFiniteBenchLoss(f"the loss became {losses}: not a training step worth timing")
+    return seconds, peak, (losses[0], losses[-1])
 
 
 def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
 
 
-def side_figures(seconds, peak, batches, flops, peak_flops):
+def side_figures(seconds, peak, losses, batches, flops, peak_flops):
     samples = sum(len(b[0]) for b in batches)
     tokens = sum(int(b[1].sum()) for b in batches)
     return {"seconds": seconds, "samples_per_s": samples / seconds, "real_tokens_per_s": tokens / seconds,
-            "mfu": flops / seconds / peak_flops if peak_flops else None, "peak_memory_gib": peak}
+            "mfu": flops / seconds / peak_flops if peak_flops else None, "peak_memory_gib": peak,
+            "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 def bench(kind="roberta", shape="tiny", precision="fp32", batch_size=32, steps=10, warmup=2, lengths=(128,),
@@ -158,11 +172,15 @@ def bench(kind="roberta", shape="tiny", precision="fp32", batch_size=32, steps=1
     name = device_name(device)
     peak_flops = next((v for (gpu, p), v in PEAK_FLOPS.items() if gpu in name and p == precision), None)
     sides = {}
-    for side, build in (("hf", hf_step), ("ours", lambda k, c: our_step(k, c, method, unpad))):
-        torch.manual_seed(seed)
-        model, loss_fn, make_optimizer = build(kind, config)
-        seconds, peak = measure(model, loss_fn, make_optimizer, batches, warmup, precision, device)
-        sides[side] = side_figures(seconds, peak, timed, flops, peak_flops)
+    torch.manual_seed(seed)
+    model, loss_fn, make_optimizer = hf_step(kind, config)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}  # ours starts from these too
+    for side in ("hf", "ours"):
+        if side == "ours":
+            torch.manual_seed(seed)
+            model, loss_fn, make_optimizer = our_step(kind, config, method, initial, unpad)
+        seconds, peak, losses = measure(model, loss_fn, make_optimizer, batches, warmup, precision, device)
+        sides[side] = side_figures(seconds, peak, losses, timed, flops, peak_flops)
         del model
     import deepspeed
     import transformers
