@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import json
 import shutil
 import sys
 from collections import Counter
@@ -152,6 +153,15 @@ def cmd_bench(args):
     print(bench.table(result))
 
 
+def cmd_cost(args):
+    from sat_ehft.config import configs_dir, load_config
+    from sat_ehft.cost import table
+
+    tasks = {json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))["task"] for run in args.runs}
+    paper_epochs = {task: load_config(configs_dir() / f"{task}.yaml").epochs for task in tasks}
+    print(table(args.runs, paper_epochs))
+
+
 def registered(registry):
     """An argparse type: a name of `registry` (tasks or methods), checked on the command line, before SAT and
     DeepSpeed are imported; it returns the registered spelling (sts-b for STSB)."""
@@ -274,6 +284,10 @@ def build_parser():
     bench.add_argument("--max-length", type=int, default=512)
     bench.add_argument("--out", help="also write the result as JSON here")
     bench.set_defaults(func=cmd_bench)
+
+    cost = commands.add_parser("cost", help="where finished runs' time went, projected to the paper's epochs")
+    cost.add_argument("runs", nargs="+", help="run folders (each projected to configs/TASK.yaml's epochs)")
+    cost.set_defaults(func=cmd_cost)
     return parser
 
 

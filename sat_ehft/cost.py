@@ -1,0 +1,63 @@
+"""Where a run's wall time went (each stage's done.json `cost`), and that cost projected to other epoch counts.
+
+Training, evaluation and steps grow with the epochs; a stage checkpoints every `checkpoint_minutes` of its
+wall time and once more at its end, each checkpoint as large and as slow as the measured ones; set-up
+(loading the model, encoding or reading the data) does not grow.
+"""
+
+import json
+import math
+from pathlib import Path
+
+from sat_ehft.config import load_config
+from sat_ehft.methods import get_method
+
+
+def stage_costs(run_folder):
+    """(run.json, [done.json of each stage, in order]) of a finished run."""
+    run_folder = Path(run_folder)
+    recorded = json.loads((run_folder / "run.json").read_text(encoding="utf-8"))
+    stages = get_method(recorded["method"]).stages
+    return recorded, [json.loads((run_folder / s.name / "done.json").read_text(encoding="utf-8")) for s in stages]
+
+
+def stage_figures(done, epochs, checkpoint_minutes):
+    """One stage's cost at `epochs`, from its measured done.json."""
+    cost, scale = done["cost"], epochs / done["epochs"]
+    train, evaluation = cost["train_seconds"] * scale, cost["eval_seconds"] * scale
+    checkpoints = 1 + (math.floor((train + evaluation) / (checkpoint_minutes * 60)) if checkpoint_minutes else epochs - 1)
+    checkpoints = min(checkpoints, epochs)  # at most one per epoch
+    each = cost["checkpoints"] or 1
+    return {"epochs": epochs, "steps": round(done["last"]["step"] * scale), "train_seconds": train,
+            "eval_seconds": evaluation, "checkpoints": checkpoints,
+            "checkpoint_seconds": cost["checkpoint_seconds"] / each * checkpoints,
+            "checkpoint_bytes": cost["checkpoint_bytes"] / each * checkpoints, "setup_seconds": cost["setup_seconds"]}
+
+
+def run_figures(run_folder, total_epochs=None):
+    """A run's summed cost over its stages, at its own epochs or projected to `total_epochs` (split between
+    the stages as the method splits them)."""
+    recorded, dones = stage_costs(run_folder)
+    config = load_config(overrides={**recorded["config"], **({"epochs": total_epochs} if total_epochs else {})})
+    split = get_method(recorded["method"]).stage_epochs(config)
+    stages = [stage_figures(done, epochs, config.checkpoint_minutes) for done, epochs in zip(dones, split)]
+    total = {key: sum(s[key] for s in stages) for key in stages[0]}
+    overhead = total["eval_seconds"] + total["checkpoint_seconds"] + total["setup_seconds"]
+    total["overhead_share"] = overhead / (overhead + total["train_seconds"])
+    return {"task": recorded["task"], "method": recorded["method"], "measured_epochs": sum(d["epochs"] for d in dones),
+            **total}
+
+
+def table(run_folders, paper_epochs):
+    """Markdown: each run's measured cost, projected to `paper_epochs` ({task: epochs}) of its task."""
+    rows = ["| task | method | epochs measured -> projected | steps | training s | evaluation s | checkpoints "
+            "(s, MB) | set-up s | eval + checkpoint + set-up |", "|---|---|---|---|---|---|---|---|---|"]
+    for folder in run_folders:
+        measured = run_figures(folder)
+        figures = run_figures(folder, paper_epochs[measured["task"]])
+        rows.append(f"| {figures['task']} | {figures['method']} | {measured['measured_epochs']} -> {figures['epochs']} | "
+                    f"{figures['steps']} | {figures['train_seconds']:.0f} | {figures['eval_seconds']:.0f} | "
+                    f"{figures['checkpoints']} ({figures['checkpoint_seconds']:.1f}, "
+                    f"{figures['checkpoint_bytes'] / 2 ** 20:.0f}) | {figures['setup_seconds']:.1f} | "
+                    f"{100 * figures['overhead_share']:.1f}% |")
+    return "\n".join(rows)
