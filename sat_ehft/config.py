@@ -15,6 +15,7 @@ from sat_ehft.tracking import TRACKERS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 STAGE1_MODES = ("share-of-total", "stage2-fixed")
+LR_SCHEDULES = ("linear", "sat-annealing")  # sat_ehft.trainer.LR_SCHEDULES implements them
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class Config:
     stage1_mode: str = "share-of-total"
     """'share-of-total': Stage 1 + Stage 2 = epochs; 'stage2-fixed': Stage 2 keeps 90% of epochs whatever Stage 1 gets."""
     warmup: float = 0.1
-    """Share of each stage's steps spent warming the learning rate up linearly; then linear decay to 0."""
+    """Share of each stage's steps spent warming the learning rate up linearly, then decaying it (see lr_schedule)."""
+    lr_schedule: str = "linear"
+    """'linear': warm-up, then decay to 0; 'sat-annealing': SAT's AnnealingLR as the original code ran it (5% of peak for 100 steps, decay to `warmup` x peak)."""
     weight_decay: float = 0.1
     """AdamW weight decay (paper 0.1; the original code used 0.01)."""
     adam_betas: tuple = (0.9, 0.98)
@@ -89,6 +92,7 @@ class Config:
         checks = [
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
             (0 < self.stage1_share < 1, "stage1_share must lie strictly between 0 and 1"),
             (self.zero_stage in (0, 1, 2), "zero_stage must be 0, 1 or 2"),
             (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),

@@ -78,6 +78,30 @@ def linear_schedule(total_steps, warmup_share):
     return multiplier
 
 
+# SAT's finetune loop (get_learning_rate_scheduler): LR held at 5% of peak over the first 100 steps.
+SAT_AUTO_WARMUP_STEPS, SAT_AUTO_WARMUP_RATE = 100, 0.05
+
+
+def sat_annealing_schedule(total_steps, warmup_share):
+    """LR multiplier of SAT's AnnealingLR as the original code's finetune runs used it ('linear' decay): at most
+    5% of peak over the first 100 steps, linear warm-up over `warmup_share` of the steps, then a linear decay
+    that ends at `warmup_share` of peak, not 0. Step s (0-based) gets AnnealingLR's value at iteration s + 1."""
+    warmup = warmup_share * total_steps
+
+    def multiplier(step):
+        iteration = step + 1
+        if iteration <= SAT_AUTO_WARMUP_STEPS:
+            return min(SAT_AUTO_WARMUP_RATE, iteration / warmup) if warmup else SAT_AUTO_WARMUP_RATE
+        if warmup > 0 and iteration <= warmup:
+            return iteration / warmup
+        return (total_steps - (iteration - warmup)) / total_steps
+
+    return multiplier
+
+
+LR_SCHEDULES = {"linear": linear_schedule, "sat-annealing": sat_annealing_schedule}
+
+
 def make_optimizer(model, trainable, lr, config):
     """AdamW over the trainable parameters; no weight decay on biases and LayerNorm gains. Fused: one
     kernel for the whole update instead of a few per parameter group (torch has it on CPU and CUDA)."""
@@ -274,7 +298,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     ds_config = deepspeed_config(config, world_size)
     total_steps = math.ceil(len(loader) / ds_config["gradient_accumulation_steps"]) * budget.epochs
     optimizer = make_optimizer(model, trainable, budget.lr, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, config.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[config.lr_schedule](total_steps, config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     progress, cost = _restore(engine, files, trainable, rank), _read_cost(files)
     policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)

@@ -12,8 +12,9 @@ from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
+from sat_ehft.trainer import LR_SCHEDULES as TRAINER_SCHEDULES
 from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, make_optimizer,
-                              train_stage)
+                              sat_annealing_schedule, train_stage)
 
 CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0,
                 checkpoint_minutes=0)
@@ -52,6 +53,37 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
 def test_linear_schedule_warms_up_then_decays_to_zero():
     multiplier = linear_schedule(total_steps=20, warmup_share=0.1)
     assert [multiplier(s) for s in (0, 1, 2, 11, 20)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("total_steps, warmup", [(80, 0.1), (300, 0.1), (1500, 0.06), (2000, 0.25)])
+def test_sat_annealing_schedule_is_sats_own_annealing_lr_at_every_step(total_steps, warmup):
+    """The reference is SAT's scheduler built as SAT's finetune loop builds it (iteration 0, linear decay)."""
+    from argparse import Namespace
+
+    from sat.training.deepspeed_training import get_learning_rate_scheduler
+
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    sats_optimizer, our_optimizer = optimizer(), optimizer()
+    args = Namespace(lr_decay_iters=None, train_iters=total_steps, mode="finetune", warmup=warmup, lr=1.0,
+                     lr_decay_style="linear", lr_decay_ratio=0.1)
+    sats = get_learning_rate_scheduler(sats_optimizer, 0, args)
+    ours = torch.optim.lr_scheduler.LambdaLR(our_optimizer, sat_annealing_schedule(total_steps, warmup))
+    for step in range(total_steps):  # the LR each optimizer step uses, then the scheduler steps
+        assert our_optimizer.param_groups[0]["lr"] == pytest.approx(sats_optimizer.param_groups[0]["lr"], abs=1e-12), step
+        sats.step()
+        ours.step()
+
+
+def test_the_config_picks_the_schedule_every_stage_runs(tmp_path, rte_features, minilm_tokenizer):
+    from sat_ehft.config import LR_SCHEDULES
+
+    assert set(LR_SCHEDULES) == set(TRAINER_SCHEDULES)
+    _, records = run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "sat", lr_schedule="sat-annealing")
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * 0.05] * 3)  # 9 steps: SAT holds 5% for 100
+    _, records = run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "linear")
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * m for m in map(linear_schedule(9, 0.1), (3, 6, 9))])
 
 
 class Interrupted(Exception):
