@@ -41,10 +41,10 @@ def hf_config(kind, shape, max_positions=514):
 
 def task_lengths(task_name, data_dir, tokenizer, max_length):
     """Token counts of a real task's training examples (one per sequence)."""
-    from sat_ehft.tasks import encode_examples, get_task
+    from sat_ehft.tasks import Encoding, encode_examples, get_task
 
     task = get_task(task_name)
-    features = encode_examples(task, task.read(data_dir, "train"), tokenizer, max_length)
+    features = encode_examples(task, task.read(data_dir, "train"), tokenizer, Encoding(max_length))
     return [n for f in features for n in task.lengths(f)]
 
 

@@ -32,9 +32,9 @@ def split_report(task, split, examples, tokenizer, max_length):
         for index, name in enumerate(task.labels):
             lines.append(f"  label {name}: {counts[index]} ({counts[index] / len(examples):.1%})")
     if tokenizer is not None:
-        from sat_ehft.tasks import encode_examples
+        from sat_ehft.tasks import Encoding, encode_examples
 
-        features = encode_examples(task, examples, tokenizer, max_length)
+        features = encode_examples(task, examples, tokenizer, Encoding(max_length))
         lengths = np.array([n for f in features for n in task.lengths(f)])
         shown = ", ".join(f"p{p} {np.percentile(lengths, p):.0f}" for p in PERCENTILES[:-1])
         lines.append(f"  tokens: {shown}, max {lengths.max()}; "

@@ -1,9 +1,11 @@
 """The run configuration: one typed, frozen dataclass, a docstring line per field.
 
-Values come from the defaults here, then configs/<task>.yaml (or --config FILE), then `--set key=value`.
-Unknown keys and ill-typed values fail with the file (or option) and key named.
+Values come from the defaults here, then the `recipe` profile (sat_ehft.recipes) the file or `--set` names,
+then configs/<task>.yaml (or --config FILE), then `--set key=value`. Unknown keys and ill-typed values fail
+with the file (or option) and key named.
 """
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -11,15 +13,19 @@ from pathlib import Path
 
 import yaml
 
+from sat_ehft.recipes import RECIPES, recipe_values
 from sat_ehft.tracking import TRACKERS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STAGE1_MODES = ("share-of-total", "stage2-fixed")
+PAIR_INPUTS = ("standard", "original")  # sat_ehft.tasks.base.Task.input_fields reads them
 LR_SCHEDULES = ("linear", "sat-annealing")  # sat_ehft.trainer.LR_SCHEDULES implements them
 
 
 @dataclass(frozen=True)
 class Config:
+    recipe: str = "none"
+    """A profile of values the file and --set build on: 'original' (the authors' code), 'paper' (its text), 'none'."""
     epochs: int = 10
     """Epochs of plain finetuning; two-stage methods split this same total between their stages."""
     batch_size: int = 32
@@ -48,8 +54,10 @@ class Config:
     """Gradient-norm clipping threshold, 0 for none (the original code used 0.1)."""
     max_length: int = 512
     """Tokens per sequence after truncation; batches are padded to their own longest sequence."""
+    pair_input: str = "standard"
+    """'standard': BoolQ and QNLI question first; 'original': passage (sentence) first, and every pair truncates only its first segment."""
     precision: str = "fp32"
-    """'fp32', 'bf16' or 'fp16' (the paper trained in fp16)."""
+    """'fp32', 'bf16', 'fp16' (the paper trained in fp16), or 'auto': bf16 on a GPU that has it, else fp16; fp32 on CPU."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0 to 2."""
     lora_r: int = 8
@@ -91,8 +99,10 @@ class Config:
             raise ValueError(f"invalid config: {', '.join(zero_or_less)} must be positive")
         checks = [
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.recipe in RECIPES, f"recipe must be one of {tuple(RECIPES)}"),
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.pair_input in PAIR_INPUTS, f"pair_input must be one of {PAIR_INPUTS}"),
             (0 < self.stage1_share < 1, "stage1_share must lie strictly between 0 and 1"),
             (self.zero_stage in (0, 1, 2), "zero_stage must be 0, 1 or 2"),
             (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),
@@ -144,8 +154,9 @@ def parse_overrides(pairs):
 
 
 def load_config(path=None, overrides=None):
-    """Defaults, then the YAML file at `path`, then `overrides` ({key: value}); validated once."""
-    values = {}
+    """Defaults, then the recipe named in the file or `overrides`, then the YAML file at `path`, then `overrides`
+    ({key: value}); validated once."""
+    explicit = {}
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -155,6 +166,9 @@ def load_config(path=None, overrides=None):
             raise ValueError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
-        values.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})
-    values.update({k: _coerce(k, v, f"--set {k}") for k, v in (overrides or {}).items()})
-    return Config(**values)
+        explicit.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})
+    explicit.update({k: _coerce(k, v, f"--set {k}") for k, v in (overrides or {}).items()})
+    recipe = explicit.get("recipe", FIELDS["recipe"].default)
+    where = "--set recipe" if "recipe" in (overrides or {}) else str(path)
+    profile = {k: _coerce(k, v, f"recipe {recipe}") for k, v in copy.deepcopy(recipe_values(recipe, where)).items()}
+    return Config(**{**profile, **explicit})

@@ -2,11 +2,12 @@
 
 Each split is cached as JSON under `$SAT_EHFT_CACHE/encoded/` (default ~/.cache/sat_ehft), keyed by a
 SHA-256 over the data file's bytes, the tokenizer's whole state (vocabulary, merges, normalizer, special
-tokens), the task's encoding settings, the split and max_length. A changed file or tokenizer makes a new
+tokens), the task's encoding settings, the split and the Encoding (max_length, pair_input). A changed file or tokenizer makes a new
 key, so a stale entry is never read. Entries are written atomically; an unreadable one is encoded again.
 Data read from the hub (no file) is encoded every time.
 """
 
+import dataclasses
 import hashlib
 import json
 
@@ -37,23 +38,27 @@ def tokenizer_sha256(tokenizer):
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-def entry_path(task, data_dir, split, tokenizer, max_length):
-    key = {"version": ENCODING_VERSION, "task": task.encoding_settings(), "split": split, "max_length": max_length,
+def entry_path(task, data_dir, split, tokenizer, encoding):
+    key = {"version": ENCODING_VERSION, "task": task.encoding_settings(), "split": split,
+           "encoding": dataclasses.asdict(encoding),
            "data": file_sha256(task.file(data_dir, split)), "tokenizer": tokenizer_sha256(tokenizer)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return cache_root() / "encoded" / f"{task.name}-{split}-{digest[:32]}.json"
 
 
-def encoded_split(task, data_dir, split, tokenizer, max_length):
-    """The encoded examples of `split` (official files under `data_dir`, or the hub when it is None)."""
+def encoded_split(task, data_dir, split, tokenizer, encoding):
+    """The examples of `split` (official files under `data_dir`, or the hub when it is None), encoded as
+    `encoding` (sat_ehft.tasks.Encoding) says."""
     if not data_dir:
-        return encode_examples(task, task.read_hub(split), tokenizer, max_length)
-    path = entry_path(task, data_dir, split, tokenizer, max_length)
+        return encode_examples(task, task.read_hub(split), tokenizer, encoding)
+    if not task.file(data_dir, split).is_file():
+        task.read(data_dir, split)  # raises the DataError that says which file is missing and where it belongs
+    path = entry_path(task, data_dir, split, tokenizer, encoding)
     if path.is_file():
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             pass  # damaged since it was written: encode it again below
-    features = encode_examples(task, task.read(data_dir, split), tokenizer, max_length)
+    features = encode_examples(task, task.read(data_dir, split), tokenizer, encoding)
     write_text(path, json.dumps(features))
     return features

@@ -25,6 +25,7 @@ from sat_ehft.mixins import HEAD_NAME
 from sat_ehft.mixins.lora import merged_state
 from sat_ehft.predict import load_classifier
 from sat_ehft.tasks import get_task
+from sat_ehft.trainer import resolve_precision
 
 # Mixins that leave the classifier a plain encoder plus the head once exported (LoRA: merged).
 EXPORTABLE_MIXINS = (HEAD_NAME, "lora", "mixout")
@@ -105,7 +106,7 @@ def check_export(folder, classifier):
         ours = classifier.model.cpu().eval().encode(**inputs).float()
         theirs = reloaded.to(dtype).eval()(**inputs).logits.float()
     difference = (ours - theirs).abs().max().item()
-    tolerance = TOLERANCE[classifier.spec.config.precision]
+    tolerance = TOLERANCE[resolve_precision(classifier.spec.config.precision)]
     if not difference <= tolerance:
         raise ExportError(f"{folder}: the reloaded classifier's logits differ from sat-ehft's by {difference:.3g} "
                           f"(over {tolerance})")

@@ -43,8 +43,8 @@ from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
-from sat_ehft.tasks import get_task
-from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
+from sat_ehft.tasks import Encoding, get_task
+from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, resolve_precision, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
 
 
@@ -210,7 +210,7 @@ def summarize(task, records):
 
 
 def encoded_splits(task, spec, tokenizer):
-    return [encoded_split(task, spec.data_dir, split, tokenizer, spec.config.max_length) for split in ("train", "dev")]
+    return [encoded_split(task, spec.data_dir, split, tokenizer, Encoding.of(spec.config)) for split in ("train", "dev")]
 
 
 @dataclass
@@ -260,6 +260,7 @@ def run_stage(spec, out, index):
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
+            "precision": resolve_precision(spec.config.precision),
             "seconds": round(time.perf_counter() - started, 2),
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
             **summarize(task, records)}

@@ -51,6 +51,16 @@ def ensure_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
+def resolve_precision(precision):
+    """The precision 'auto' stands for here: bf16 on a GPU that has it (Ampere and later), fp16 on an older GPU,
+    fp32 on CPU (DeepSpeed refuses fp16 there and bf16 is slow); any other value as it is."""
+    if precision != "auto":
+        return precision
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def deepspeed_config(config, world_size):
     accumulation, remainder = divmod(config.batch_size, config.micro_batch_size * world_size)
     if remainder or not accumulation:
@@ -59,9 +69,10 @@ def deepspeed_config(config, world_size):
     ds = {"train_batch_size": config.batch_size, "train_micro_batch_size_per_gpu": config.micro_batch_size,
           "gradient_accumulation_steps": accumulation, "gradient_clipping": config.clip_grad,
           "zero_optimization": {"stage": config.zero_stage}, "steps_per_print": 2 ** 31}
-    if config.precision == "bf16":
+    precision = resolve_precision(config.precision)
+    if precision == "bf16":
         ds["bf16"] = {"enabled": True}
-    if config.precision == "fp16":  # DeepSpeed >= 0.17 rejects a non-integer min_loss_scale
+    if precision == "fp16":  # DeepSpeed >= 0.17 rejects a non-integer min_loss_scale
         ds["fp16"] = {"enabled": True, "initial_scale_power": 16, "min_loss_scale": 1}
     return ds
 
@@ -334,7 +345,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
 def _skipped(engine, before, config):
     """With fp16, the optimizer steps the loss scaler skipped this epoch (an overflow lowers the scale; not an
     error)."""
-    return {"skipped_steps": engine.skipped_steps - before} if config.precision == "fp16" else {}
+    return {"skipped_steps": engine.skipped_steps - before} if resolve_precision(config.precision) == "fp16" else {}
 
 
 def _train_epoch(engine, loader, task, step_losses, description, rank):

@@ -85,11 +85,11 @@ def rte_dir(tmp_path_factory, shared_data):
 @pytest.fixture(scope="session")
 def rte_features(shared_data, minilm_tokenizer):
     """(task, train, dev): a few real RTE rows encoded with MiniLM's tokenizer."""
-    from sat_ehft.tasks import encode_examples, get_task
+    from sat_ehft.tasks import Encoding, encode_examples, get_task
 
     task = get_task("rte")
-    train = encode_examples(task, task.read(shared_data, "train")[:24], minilm_tokenizer, 64)
-    dev = encode_examples(task, task.read(shared_data, "dev")[:20], minilm_tokenizer, 64)
+    train = encode_examples(task, task.read(shared_data, "train")[:24], minilm_tokenizer, Encoding(64))
+    dev = encode_examples(task, task.read(shared_data, "dev")[:20], minilm_tokenizer, Encoding(64))
     return task, train, dev
 
 

@@ -31,6 +31,41 @@ def test_every_task_config_loads_with_the_paper_setup(task):
     config = load_config(path)
     assert config.epochs == EPOCHS[task] and config.batch_size == 32
     assert config.lr == (3e-5 if task == "wic" else 1e-5)
+    assert config.recipe == load_config(REPO / "configs" / "bert-large" / f"{task}.yaml").recipe == "original"
+
+
+def readme_recipe_table():
+    """{key: {recipe: value}} from README.md's recipe table (each cell YAML in backticks)."""
+    import yaml
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Recipes"):text.index("## Config keys")]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
+    names = ("none", "original", "paper")
+    return {cells[0].strip(" `"): {n: yaml.safe_load(c.strip(" `")) for n, c in zip(names, cells[1:])} for cells in rows}
+
+
+def test_each_recipe_resolves_to_the_readme_table():
+    from sat_ehft.recipes import RECIPES
+
+    table = readme_recipe_table()
+    assert set(table) == {key for values in RECIPES.values() for key in values}  # every key a recipe sets
+    for key, by_recipe in table.items():
+        for recipe, documented in by_recipe.items():
+            value = getattr(load_config(overrides={"recipe": recipe}), key)
+            assert (list(value) if isinstance(value, tuple) else value) == documented, (key, recipe)
+
+
+def test_a_file_and_set_override_the_recipe_key_by_key():
+    rte = REPO / "configs" / "rte.yaml"
+    config = load_config(rte, {"clip_grad": 0.5})
+    assert (config.recipe, config.clip_grad, config.weight_decay, config.lr_schedule, config.epochs) == \
+        ("original", 0.5, 0.01, "sat-annealing", 60)
+    paper = load_config(rte, {"recipe": "paper"})
+    assert (paper.lr_schedule, paper.weight_decay, paper.lora_r, paper.prefix_len, paper.stage1_lr["lp"], paper.epochs) \
+        == ("linear", 0.1, 32, 16, 5e-4, 60)
+    with pytest.raises(ValueError, match="--set recipe: unknown recipe 'fast'; known recipes: none, original, paper"):
+        load_config(rte, {"recipe": "fast"})
 
 
 def test_every_field_has_a_docstring():

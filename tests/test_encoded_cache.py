@@ -9,7 +9,7 @@ from test_pipeline import spec_for
 from sat_ehft import encoded_cache
 from sat_ehft.encoded_cache import encoded_split, entry_path
 from sat_ehft.pipeline import RunSpec, run
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import Encoding, encode_examples, get_task
 from sat_ehft.tokenizer import load_tokenizer
 
 
@@ -39,22 +39,22 @@ def test_stage2_other_seeds_and_methods_reuse_stage1s_encoding(tmp_path, tiny_be
 @pytest.mark.parametrize("task_name", ["rte", "copa", "wic", "sts-b"])  # one row, choice rows, spans, float labels
 def test_a_cached_split_equals_a_fresh_encoding(shared_data, minilm_tokenizer, encodings, task_name):
     task = get_task(task_name)
-    first = encoded_split(task, shared_data, "dev", minilm_tokenizer, 64)
-    again = encoded_split(task, shared_data, "dev", minilm_tokenizer, 64)
+    first = encoded_split(task, shared_data, "dev", minilm_tokenizer, Encoding(64))
+    again = encoded_split(task, shared_data, "dev", minilm_tokenizer, Encoding(64))
     assert len(encodings) == 1  # the second came from the cache
-    assert again == first == encode_examples(task, task.read(shared_data, "dev"), minilm_tokenizer, 64)
+    assert again == first == encode_examples(task, task.read(shared_data, "dev"), minilm_tokenizer, Encoding(64))
 
 
 def test_a_changed_file_or_tokenizer_is_never_served_stale(tmp_path, rte_dir, minilm_dir, minilm_tokenizer,
                                                            encodings):
     task, data = get_task("rte"), tmp_path / "data"
     shutil.copytree(rte_dir, data)
-    first = encoded_split(task, data, "train", minilm_tokenizer, 64)
+    first = encoded_split(task, data, "train", minilm_tokenizer, Encoding(64))
     train_file = data / "superglue" / "RTE" / "train.jsonl"
     rows = [json.loads(line) for line in train_file.read_text().splitlines()]
     rows[0]["label"] = "not_entailment" if rows[0]["label"] == "entailment" else "entailment"
     train_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    relabelled = encoded_split(task, data, "train", minilm_tokenizer, 64)
+    relabelled = encoded_split(task, data, "train", minilm_tokenizer, Encoding(64))
     assert len(encodings) == 2 and relabelled[0]["label"] == 1 - first[0]["label"]
 
     swapped = tmp_path / "swapped-tokenizer"  # MiniLM's tokenizer with the ids of "the" and "of" swapped
@@ -63,9 +63,9 @@ def test_a_changed_file_or_tokenizer_is_never_served_stale(tmp_path, rte_dir, mi
     vocab = settings["model"]["vocab"]
     vocab["the"], vocab["of"] = vocab["of"], vocab["the"]
     (swapped / "tokenizer.json").write_text(json.dumps(settings))
-    swapped_ids = encoded_split(task, data, "train", load_tokenizer(swapped), 64)
+    swapped_ids = encoded_split(task, data, "train", load_tokenizer(swapped), Encoding(64))
     assert len(encodings) == 3 and swapped_ids[0]["input_ids"] != relabelled[0]["input_ids"]
 
-    entry = entry_path(task, data, "train", minilm_tokenizer, 64)
+    entry = entry_path(task, data, "train", minilm_tokenizer, Encoding(64))
     entry.write_text(entry.read_text()[:100])  # damaged after it was written: encoded again
-    assert encoded_split(task, data, "train", minilm_tokenizer, 64) == relabelled and len(encodings) == 4
+    assert encoded_split(task, data, "train", minilm_tokenizer, Encoding(64)) == relabelled and len(encodings) == 4

@@ -16,7 +16,7 @@ from sat_ehft.convert import (IGNORED_KEYS, convert_hf_folder, hf_state_dict, re
 from sat_ehft.export import ExportError, export_run
 from sat_ehft.pipeline import RunSpec, run
 from sat_ehft.predict import load_classifier
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import Encoding, encode_examples, get_task
 from sat_ehft.trainer import head_scores
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=8, max_length=64, lr=1e-3, lora_r=2,
@@ -81,7 +81,7 @@ def hf_logits(folder, task, examples):
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    features = encode_examples(task, examples, tokenizer, 64)
+    features = encode_examples(task, examples, tokenizer, Encoding(64))
     from sat_ehft.batching import collate, model_inputs
 
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_exported_classifier_gives_our_logits_through_transformers_alone(runs, n
     classifier = load_classifier(runs[name])
     task = get_task(classifier.spec.task)
     examples = task.read(runs[name].parent / "data", "dev")
-    features = encode_examples(task, examples, classifier.tokenizer, 64)
+    features = encode_examples(task, examples, classifier.tokenizer, Encoding(64))
     ours = head_scores(classifier.model, features, 8, classifier.tokenizer.pad_token_id, "cpu")
     theirs = hf_logits(tmp_path / "hf", task, examples)
     assert theirs.shape == ours.shape == (len(examples), task.choices if task.choices > 1 else task.head_outputs)

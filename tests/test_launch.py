@@ -78,7 +78,7 @@ from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import Encoding, encode_examples, get_task
 from sat_ehft.trainer import ensure_distributed, evaluate, head_scores
 rank, world_size = ensure_distributed()
 found = {"world_size": world_size}
@@ -86,7 +86,7 @@ for name, rows in (("sts-b", 45), ("copa", 29)):
     backbone = load_backbone(sys.argv[1])  # the classifier is built on (and changes) the backbone's model
     tokenizer = backbone.load_tokenizer()
     task = get_task(name)
-    dev = encode_examples(task, task.read(sys.argv[2], "dev")[:rows], tokenizer, 64)
+    dev = encode_examples(task, task.read(sys.argv[2], "dev")[:rows], tokenizer, Encoding(64))
     torch.manual_seed(0)
     model, _ = build_classifier(backbone, task, get_method("ft").stages[0], Config())
     calls, encode = [], model.encode

@@ -10,7 +10,7 @@ from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import METHODS, get_method
 from sat_ehft.objective import loss, predict
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import Encoding, encode_examples, get_task
 
 TABLE1 = ["bitfit", "child-tuning-d", "ehft-bitfit", "ehft-bitfit-reserve", "ehft-lora", "ehft-lora-reserve", "ehft-prefix",
           "ft", "lora", "lp", "lp-ft", "mixout", "prefix", "topk"]
@@ -88,7 +88,7 @@ def test_heads_fit_tasks_end_to_end(tmp_path, shared_data, minilm_tokenizer, tas
     assert task.objective == objective and task.head_outputs == outputs
     tiny_hf_model("bert", vocab=30522, hidden=32, layers=1, heads=4).save_pretrained(tmp_path / "bert")
     model, _ = build_classifier(load_backbone(tmp_path / "bert"), task, get_method("ft").stages[0], CONFIG)
-    features = encode_examples(task, task.read(shared_data, "dev")[:6], minilm_tokenizer, 64)
+    features = encode_examples(task, task.read(shared_data, "dev")[:6], minilm_tokenizer, Encoding(64))
     batch = collate(features, minilm_tokenizer.pad_token_id)
     scores = model.eval().encode(**model_inputs(batch))
     assert scores.shape == ((6, 2) if objective == "choice" else (6, outputs))

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import BPE_VOCAB, bpe_tokenizer_folder
 
-from sat_ehft.tasks import TASKS, DataError, encode_examples, get_task
+from sat_ehft.tasks import TASKS, DataError, Encoding, encode_examples, get_task
 
 OFFICIAL_SIZES = {"rte": (2490, 277), "cb": (250, 56), "copa": (400, 100), "wic": (5428, 638),
                   "mrpc": (3668, 408), "cola": (8551, 1043), "sts-b": (5749, 1500)}
@@ -76,10 +76,38 @@ def test_boolq_truncates_only_the_passage(glue_like, minilm_tokenizer):
     task = get_task("boolq")
     examples = task.read(glue_like, "train")
     assert [e.label for e in examples] == [1, 0]
-    feature = encode_examples(task, examples, minilm_tokenizer, 32)[0]
+    feature = encode_examples(task, examples, minilm_tokenizer, Encoding(32))[0]
     tokens = minilm_tokenizer.convert_ids_to_tokens(feature["input_ids"])
     assert len(tokens) == 32 and tokens[:6] == ["[CLS]", "is", "the", "sky", "blue", "[SEP]"]
     assert feature["token_type_ids"][:6] == [0] * 6 and set(feature["token_type_ids"][6:]) == {1}
+
+
+def test_original_pair_input_puts_the_passage_first_and_truncates_only_it(glue_like, minilm_tokenizer):
+    """As the original code: BoolQ (passage, question), QNLI (sentence, question), the first segment cut."""
+    boolq = get_task("boolq")
+    feature = encode_examples(boolq, boolq.read(glue_like, "train"), minilm_tokenizer, Encoding(32, "original"))[0]
+    tokens = minilm_tokenizer.convert_ids_to_tokens(feature["input_ids"])
+    assert len(tokens) == 32 and tokens[:4] == ["[CLS]", "the", "sky", "is"]
+    assert tokens[-6:] == ["[SEP]", "is", "the", "sky", "blue", "[SEP]"]  # the question whole, at the end
+    assert set(feature["token_type_ids"][-5:]) == {1} and set(feature["token_type_ids"][:-5]) == {0}
+    qnli = get_task("qnli")
+    example = qnli.read(glue_like, "dev")[0]
+    for pair_input, first in (("original", "the sky is blue."), ("standard", "what colour is the sky?")):
+        ids = qnli.encode(example, minilm_tokenizer, Encoding(64, pair_input))["input_ids"]
+        assert minilm_tokenizer.decode(ids, skip_special_tokens=True).startswith(first)
+
+
+@pytest.mark.parametrize("name", ["rte", "cb", "mrpc", "sts-b", "wic"])
+def test_original_pair_input_keeps_the_order_of_the_other_pairs_and_truncates_their_first_segment(
+        name, shared_data, minilm_tokenizer):
+    task = get_task(name)
+    example = max(task.read(shared_data, "dev")[:50], key=lambda e: len(e.fields[task.text_fields[0]]))
+    first, second = (minilm_tokenizer(example.fields[f], add_special_tokens=False)["input_ids"]
+                     for f in task.text_fields)
+    length = len(second) + 8 if name != "wic" else len(first) + len(second) + 3  # WiC: nothing to cut
+    ids = task.encode(example, minilm_tokenizer, Encoding(length, "original"))["input_ids"]
+    assert ids[-len(second) - 1:-1] == second  # the second segment whole, in its place
+    assert ids[1:1 + min(len(first), length - len(second) - 3)] == first[:length - len(second) - 3]
 
 
 def test_qnli_text_labels_and_quotes(glue_like):
@@ -91,20 +119,20 @@ def test_qnli_text_labels_and_quotes(glue_like):
 def test_copa_scores_two_sequences(shared_data, minilm_tokenizer):
     task = get_task("copa")
     example = task.read(shared_data, "dev")[0]  # "The man turned on the faucet." effect, label 1
-    feature = task.encode(example, minilm_tokenizer, 64)
+    feature = task.encode(example, minilm_tokenizer, Encoding(64))
     texts = [minilm_tokenizer.decode(ids, skip_special_tokens=True) for ids in feature["input_ids"]]
     assert texts == ["the man turned on the faucet so the toilet filled with water.",
                      "the man turned on the faucet so water flowed from the spout."]
     assert feature["label"] == 1 and task.lengths(feature) == [len(i) for i in feature["input_ids"]]
     causes = [e for e in task.read(shared_data, "train") if e.fields["question"] == "cause"]
-    first = minilm_tokenizer.decode(task.encode(causes[0], minilm_tokenizer, 64)["input_ids"][0])
+    first = minilm_tokenizer.decode(task.encode(causes[0], minilm_tokenizer, Encoding(64))["input_ids"][0])
     assert " because " in first
 
 
 def test_wic_spans_cover_the_target_word(shared_data, minilm_tokenizer):
     task = get_task("wic")
     examples = task.read(shared_data, "dev")
-    for example, feature in zip(examples, encode_examples(task, examples, minilm_tokenizer, 128)):
+    for example, feature in zip(examples, encode_examples(task, examples, minilm_tokenizer, Encoding(128))):
         for (first, last), sentence, start, end in zip(feature["spans"], ("sentence1", "sentence2"),
                                                       ("start1", "start2"), ("end1", "end2")):
             word = example.fields[sentence][example.fields[start]:example.fields[end]]
@@ -241,7 +269,7 @@ def test_wic_word_truncated_away_is_an_error(tmp_path, minilm_tokenizer):
          "start2": 0, "end2": 6, "label": False})])
     task = get_task("wic")
     with pytest.raises(DataError, match=r"val\.jsonl:1: the target word of sentence 1 was truncated away"):
-        task.encode(task.read(tmp_path, "dev")[0], minilm_tokenizer, 16)
+        task.encode(task.read(tmp_path, "dev")[0], minilm_tokenizer, Encoding(16))
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +283,7 @@ def test_wic_spans_with_a_byte_level_bpe_tokenizer(shared_data, roberta_style_to
     """RoBERTa-style offsets include the leading space of a word; the span must still be the word's tokens."""
     task, tokenizer = get_task("wic"), roberta_style_tokenizer
     examples = task.read(shared_data, "dev")
-    for example, feature in zip(examples, encode_examples(task, examples, tokenizer, 128)):
+    for example, feature in zip(examples, encode_examples(task, examples, tokenizer, Encoding(128))):
         for (first, last), sentence, start, end in zip(feature["spans"], ("sentence1", "sentence2"),
                                                       ("start1", "start2"), ("end1", "end2")):
             word = example.fields[sentence][example.fields[start]:example.fields[end]]

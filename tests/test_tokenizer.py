@@ -3,7 +3,7 @@
 import pytest
 
 from sat_ehft.folders import load_model_tokenizer
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import Encoding, encode_examples, get_task
 from sat_ehft.tokenizer import TokenizerMismatch, check_unk_rate, load_tokenizer
 
 
@@ -43,7 +43,7 @@ def test_encoding_real_rows_with_broken_vocab_fails(shared_data, constructor_bui
     _, broken = constructor_built_tokenizer
     task = get_task("rte")
     with pytest.raises(TokenizerMismatch, match=r"rte, examples from .*train\.jsonl:1: .* UNK"):
-        encode_examples(task, task.read(shared_data, "train")[:20], broken, 128)
+        encode_examples(task, task.read(shared_data, "train")[:20], broken, Encoding(128))
 
 
 def test_packaged_model_name_resolves_offline(minilm_dir):

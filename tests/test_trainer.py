@@ -86,6 +86,21 @@ def test_the_config_picks_the_schedule_every_stage_runs(tmp_path, rte_features, 
     assert [r["lr"] for r in records] == pytest.approx([1e-3 * m for m in map(linear_schedule(9, 0.1), (3, 6, 9))])
 
 
+@pytest.mark.parametrize("recipe, weight_decay", [("original", 0.01), ("paper", 0.1)])
+def test_each_recipe_reaches_the_optimizer_and_deepspeed(recipe, weight_decay):
+    from sat_ehft.config import load_config
+    from sat_ehft.trainer import deepspeed_config
+
+    config = load_config(overrides={"recipe": recipe})
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+    optimizer = make_optimizer(model, {n for n, _ in model.named_parameters()}, 1e-3, config)
+    assert [(len(g["params"]), g["weight_decay"], g["betas"], g["eps"]) for g in optimizer.param_groups] == \
+        [(1, weight_decay, (0.9, 0.98), 1e-6), (3, 0.0, (0.9, 0.98), 1e-6)]
+    ds = deepspeed_config(config, world_size=1)
+    assert ds["gradient_clipping"] == 0.1
+    assert "fp16" not in ds and "bf16" not in ds  # precision auto: fp32 on CPU
+
+
 class Interrupted(Exception):
     """Stands in for a kill right after an epoch's checkpoint."""
 

@@ -95,6 +95,18 @@ def _read_lines(path):
     return lines
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How examples become token ids, besides the task and the tokenizer (the config keys of the same names)."""
+
+    max_length: int
+    pair_input: str = "standard"  # 'original': the original code's segment order, only the first one truncated
+
+    @classmethod
+    def of(cls, config):
+        return cls(config.max_length, config.pair_input)
+
+
 class Task:
     """A sentence or sentence-pair task: one sequence per example, classified or regressed.
 
@@ -104,7 +116,7 @@ class Task:
 
     def __init__(self, name, *, benchmark, folder, text_fields, labels, metrics, hub,
                  truncation="longest_first", tsv_columns=None, tsv_header=True, test_tsv_columns=None,
-                 label_range=None):
+                 label_range=None, original_order=None):
         self.name = name
         self.benchmark = benchmark  # "superglue" (jsonl) or "glue" (tsv)
         self.folder = folder  # e.g. "RTE": files live in DATA_DIR/<benchmark>/<folder>/
@@ -117,6 +129,7 @@ class Task:
         self.tsv_header = tsv_header
         self.test_tsv_columns = test_tsv_columns  # GLUE test files laid out unlike train/dev (CoLA's has a header)
         self.label_range = label_range  # regression: the (low, high) a target must lie in
+        self.original_order = original_order  # the pair in the original code's order, where it differs
 
     @property
     def is_regression(self):
@@ -249,16 +262,23 @@ class Task:
         return self.labels.index(text)
 
     def encoding_settings(self):
-        """What, besides the text, the tokenizer and max_length, decides this task's encoded examples (a
-        subclass with settings of its own adds them): the key of the encoded-data cache."""
+        """What, besides the text, the tokenizer and the Encoding, decides this task's encoded examples (a
+        subclass with settings of its own adds them): part of the key of the encoded-data cache."""
         return {"task": self.name, "class": type(self).__name__, "text_fields": self.text_fields,
-                "labels": self.labels, "truncation": self.truncation}
+                "labels": self.labels, "truncation": self.truncation, "original_order": self.original_order}
 
-    def encode(self, example, tokenizer, max_length):
+    def input_fields(self, encoding):
+        """(the text fields in the order they enter the model, the truncation strategy) under `encoding`: the
+        original code put BoolQ's passage and QNLI's sentence first and truncated only the first segment."""
+        if encoding.pair_input == "original" and len(self.text_fields) == 2:
+            return self.original_order or self.text_fields, "only_first"
+        return self.text_fields, self.truncation
+
+    def encode(self, example, tokenizer, encoding):
         """Token ids for the model: {'input_ids', 'token_type_ids', 'label'} (lists of ints)."""
-        texts = [example.fields[f] for f in self.text_fields]
-        encoding = tokenizer(*texts, truncation=self.truncation, max_length=max_length)
-        return {**ids_and_types(encoding), "label": example.label}
+        fields, truncation = self.input_fields(encoding)
+        tokens = tokenizer(*[example.fields[f] for f in fields], truncation=truncation, max_length=encoding.max_length)
+        return {**ids_and_types(tokens), "label": example.label}
 
     def lengths(self, feature):
         """Token counts of one encoded example (one per sequence: COPA has two)."""
@@ -271,9 +291,10 @@ def ids_and_types(encoding):
     return {"input_ids": ids, "token_type_ids": encoding.get("token_type_ids") or [0] * len(ids)}
 
 
-def encode_examples(task, examples, tokenizer, max_length):
-    """Encode `examples`, checking the UNK rate chunk by chunk so that a wrong vocabulary fails loudly."""
-    features = [task.encode(example, tokenizer, max_length) for example in examples]
+def encode_examples(task, examples, tokenizer, encoding):
+    """Encode `examples` as `encoding` (an Encoding) says, checking the UNK rate chunk by chunk so that a wrong
+    vocabulary fails loudly."""
+    features = [task.encode(example, tokenizer, encoding) for example in examples]
     for start in range(0, len(features), UNK_CHECK_CHUNK):
         chunk = features[start:start + UNK_CHECK_CHUNK]
         ids = [seq for f in chunk for seq in sequences(f["input_ids"])]

@@ -21,11 +21,11 @@ class CopaTask(Task):
         if record["question"] not in CONNECTIVES:
             raise DataError(f"{source}: question {record['question']!r} should be one of {list(CONNECTIVES)}")
 
-    def encode(self, example, tokenizer, max_length):
+    def encode(self, example, tokenizer, encoding):
         """Both choices as rows: {'input_ids': [ids1, ids2], 'token_type_ids': [...], 'label'}."""
         f = example.fields
         rows = [ids_and_types(tokenizer(join_choice(f["premise"], f["question"], f[choice]),
-                                        truncation=self.truncation, max_length=max_length))
+                                        truncation=self.truncation, max_length=encoding.max_length))
                 for choice in ("choice1", "choice2")]
         return {"input_ids": [r["input_ids"] for r in rows],
                 "token_type_ids": [r["token_type_ids"] for r in rows], "label": example.label}

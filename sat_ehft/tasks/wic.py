@@ -18,22 +18,22 @@ class WicTask(Task):
                 raise DataError(f"{source}: {start}/{end} = {a!r}/{b!r} is not a character span of "
                                 f"{sentence} ({len(text)} characters)")
 
-    def encode(self, example, tokenizer, max_length):
+    def encode(self, example, tokenizer, encoding):
         """Adds 'spans': [[first, last + 1] of the word in sentence 1, the same in sentence 2]."""
-        texts = [example.fields[f] for f in self.text_fields]
-        encoding = tokenizer(*texts, truncation=self.truncation, max_length=max_length,
-                             return_offsets_mapping=True)
-        sequence_ids = encoding.sequence_ids()
+        fields, truncation = self.input_fields(encoding)  # WiC keeps its order: sentence 1 is sequence 0
+        tokens = tokenizer(*[example.fields[f] for f in fields], truncation=truncation,
+                           max_length=encoding.max_length, return_offsets_mapping=True)
+        sequence_ids = tokens.sequence_ids()
         spans = []
         for sequence, (start, end) in enumerate(OFFSETS):
             a, b = example.fields[start], example.fields[end]
-            tokens = [i for i, (s, e) in enumerate(encoding["offset_mapping"])
-                      if sequence_ids[i] == sequence and s < b and e > a]
-            if not tokens:
+            word = [i for i, (s, e) in enumerate(tokens["offset_mapping"])
+                    if sequence_ids[i] == sequence and s < b and e > a]
+            if not word:
                 raise DataError(f"{example.source}: the target word of sentence {sequence + 1} was "
-                                f"truncated away at max_length {max_length}")
-            spans.append([tokens[0], tokens[-1] + 1])
-        return {**ids_and_types(encoding), "spans": spans, "label": example.label}
+                                f"truncated away at max_length {encoding.max_length}")
+            spans.append([word[0], word[-1] + 1])
+        return {**ids_and_types(tokens), "spans": spans, "label": example.label}
 
 
 register(WicTask("wic", benchmark="superglue", folder="WiC", text_fields=("sentence1", "sentence2"),
