@@ -70,8 +70,16 @@ class Config:
     """Prefix-tuning prefixes per layer (paper text: 16; the original code: 17)."""
     top_k: int = 3
     """Top-K layer tuning: how many of the last layers train."""
+    top_k_layers: str = "hf"
+    """'hf': layers as HF counts them (the final LayerNorm trains); 'sat': SAT's layers whole, final LayerNorm frozen (the original code)."""
+    bitfit_final_layernorm: bool = True
+    """BitFit also trains the final LayerNorm's bias (the original code did not)."""
     mixout_p: float = 0.7
     """Mixout: probability of swapping a weight entry for its pretrained value (searched in {0.7, 0.8, 0.9})."""
+    mixout_draw: str = "element"
+    """Mixout: 'element' draws per weight entry (the method's paper); 'column' per input column (the original code)."""
+    mixout_zero_dropout: bool = False
+    """Mixout: set every dropout of the model to 0 while it trains (the original code did)."""
     child_tuning_keep: float = 0.3
     """Child-Tuning_D: fraction of backbone entries, by Fisher information, that train (the original EH-FT code: 0.1)."""
     unpad: bool = True
@@ -103,6 +111,8 @@ class Config:
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
             (self.pair_input in PAIR_INPUTS, f"pair_input must be one of {PAIR_INPUTS}"),
+            (self.top_k_layers in ("hf", "sat"), "top_k_layers must be 'hf' or 'sat'"),
+            (self.mixout_draw in ("element", "column"), "mixout_draw must be 'element' or 'column'"),
             (0 < self.stage1_share < 1, "stage1_share must lie strictly between 0 and 1"),
             (self.zero_stage in (0, 1, 2), "zero_stage must be 0, 1 or 2"),
             (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),

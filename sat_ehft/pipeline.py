@@ -141,16 +141,16 @@ def run_folder_lock(out):
 
 
 # What a stage can carry over from the previous one -> how to find those tensors in a model.
-def carried_names(model, what):
+def carried_names(model, what, config):
     names = [n for n, _ in model.named_parameters()]
     if what == "bias":
-        return set(bias_names(model))
+        return set(bias_names(model, config.bitfit_final_layernorm))
     return {n for n in names if n.startswith(f"mixins.{what}.")}
 
 
-def load_carried(model, path, carries, fingerprint, origin):
-    """Copy what `carries` names from a previous stage's trained.pt into `model`, checking it comes from
-    `origin` (this run's previous stage, see stage_origin) and fits."""
+def load_carried(model, path, carries, fingerprint, origin, config):
+    """Copy what `carries` names (as `config` selects it) from a previous stage's trained.pt into `model`,
+    checking it comes from `origin` (this run's previous stage, see stage_origin) and fits."""
     saved = load_trained(path)
     recorded = saved.get("origin", {})
     differing = [f"{key} {recorded.get(key)!r}, not {value!r}" for key, value in origin.items()
@@ -164,7 +164,7 @@ def load_carried(model, path, carries, fingerprint, origin):
     params = dict(model.named_parameters())
     with torch.no_grad():
         for what in carries:
-            for name in sorted(carried_names(model, what)):
+            for name in sorted(carried_names(model, what, config)):
                 if name not in saved["tensors"]:
                     raise ValueError(f"{path}: has no tensor '{name}' to carry ({what})")
                 value = saved["tensors"][name]
@@ -236,7 +236,7 @@ def prepare_stage(spec, out, index):
     if stage.carries:
         previous = method.stages[index - 1]
         load_carried(model, Path(out) / previous.name / "trained.pt", stage.carries, backbone.fingerprint,
-                     stage_origin(spec, previous))
+                     stage_origin(spec, previous), spec.config)
     if stage.fisher_mask:
         mask_to_child_network(model, task, train, spec.config.micro_batch_size, spec.config.child_tuning_keep,
                               tokenizer.pad_token_id)

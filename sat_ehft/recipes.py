@@ -20,6 +20,10 @@ ORIGINAL = {
     "lora_targets": ("query", "key", "value", "dense"),
     "prefix_len": 17,
     "stage1_lr": {"bitfit": 5e-4, "lora": 5e-4, "prefix": 5e-3, "lp": 1e-3},
+    "bitfit_final_layernorm": False,  # its BitFit set: every per-layer bias, not final_layernorm.bias
+    "top_k_layers": "sat",  # `all[21-23]`: SAT layers 21-23 whole, the final LayerNorm frozen
+    "mixout_draw": "column",  # one Bernoulli draw per input column, repeated over the rows
+    "mixout_zero_dropout": True,  # and every nn.Dropout set to p = 0
 }
 
 PAPER = {

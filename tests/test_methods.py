@@ -59,6 +59,24 @@ def test_each_stage_trains_exactly_its_parameters(hf_folder, name):
             assert len(trainable) < len(names)
 
 
+@pytest.mark.parametrize("name", ["bitfit", "ehft-bitfit", "ehft-bitfit-reserve", "topk"])
+def test_the_original_codes_bitfit_and_topk_sets(hf_folder, name):
+    """BitFit without the final LayerNorm's bias; Top-K as `all[21-23]`: SAT's last layers whole, the final
+    LayerNorm frozen (here the top 1 of 2 layers)."""
+    config = Config(**{**CONFIG.__dict__, "bitfit_final_layernorm": False, "top_k_layers": "sat"})
+    stage = get_method(name).stages[0]
+    model, trainable = build_classifier(load_backbone(hf_folder), get_task("rte"), stage, config)
+    names = [n for n, _ in model.named_parameters()]
+    head = {n for n in names if n.startswith("mixins.head.")}
+    if stage.trains == "bias":
+        expected = {n for n in names if n.endswith(".bias") and not n.startswith("mixins.")}
+        expected.discard("transformer.final_layernorm.bias")
+    else:
+        expected = {n for n in names if n.startswith("transformer.layers.1.")}
+    assert trainable == head | expected
+    assert "transformer.layers.1.input_layernorm.weight" in trainable or stage.trains == "bias"
+
+
 def test_stage_plans():
     ehft = get_method("ehft-lora")
     assert [s.name for s in ehft.stages] == ["stage1", "stage2"]

@@ -168,6 +168,31 @@ def test_mixout_mixin_trains_stochastically_and_evaluates_plainly(tmp_path):
     assert (first - second).abs().max() > 1e-3 and (first - moved).abs().max() > 1e-3
 
 
+def test_mixout_column_draw_swaps_whole_input_columns():
+    from sat_ehft.mixins.mixout import mixout_weight
+
+    torch.manual_seed(0)
+    p, weight, pretrained = 0.7, torch.randn(16, 400), torch.randn(16, 400)
+    mixed = mixout_weight(weight, pretrained, p, draw="column")
+    kept = torch.isclose(mixed, (weight - p * pretrained) / (1 - p), atol=1e-6)
+    swapped = torch.isclose(mixed, pretrained, atol=1e-6)
+    assert (kept ^ swapped).all()  # each entry is one or the other
+    assert (kept == kept[:1]).all()  # the same choice down every column
+    assert abs(swapped[0].float().mean() - p) < 0.08  # 400 columns, each swapped with probability p
+    elementwise = torch.isclose(mixout_weight(weight, pretrained, p), pretrained, atol=1e-6)
+    assert not (elementwise == elementwise[:1]).all()  # the default draw differs within a column
+
+
+@pytest.mark.parametrize("zero_dropout", [True, False])
+def test_the_original_mixout_sets_every_dropout_to_zero(tmp_path, zero_dropout):
+    from sat_ehft.mixins import attach
+
+    sat = sat_copy(tmp_path, tiny_hf_model("bert", dropout=0.1))
+    attach(sat, {"mixout": {"p": 0.7, "draw": "column", "zero_dropout": zero_dropout}})
+    rates = {m.p for m in sat.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.0} if zero_dropout else {0.1})
+
+
 def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
     from sat_ehft.mixins.child_tuning import fisher_information, install_gradient_masks, top_fraction_masks
 

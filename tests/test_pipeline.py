@@ -75,6 +75,16 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(tmp_path, tiny_b
         run(spec, tmp_path)
 
 
+def test_bitfit_reserve_carries_the_biases_its_stage1_trained(tmp_path, tiny_bert, rte_dir):
+    spec = spec_for("ehft-bitfit-reserve", tiny_bert, rte_dir, bitfit_final_layernorm=False)
+    run(spec, tmp_path, log=lambda line: None)
+    stage1 = torch.load(tmp_path / "stage1" / "trained.pt", weights_only=True)["tensors"]
+    assert "transformer.final_layernorm.bias" not in stage1  # the original code's BitFit set
+    start = prepare_stage(spec, tmp_path, 1)
+    carried = {n: v for n, v in start.model.state_dict().items() if n in stage1}
+    assert carried.keys() == stage1.keys() and all(torch.equal(v, stage1[n]) for n, v in carried.items())
+
+
 def test_stage2_needs_stage1(tmp_path, tiny_bert, rte_dir):
     with pytest.raises(ValueError, match="stage1 has not finished; run it first"):
         run(spec_for("ehft-lora", tiny_bert, rte_dir), tmp_path, stage_number=2)
@@ -93,13 +103,13 @@ def test_a_head_from_another_task_or_backbone_is_refused(tmp_path, tiny_bert, rt
     head = tmp_path / "cb" / "stage1" / "trained.pt"
     cb_origin = {"task": "cb", "method": "ehft-bitfit", "seed": 3, "stage": "stage1"}
     with pytest.raises(ValueError, match=r"trained\.pt: trained by another run \(task 'cb', not 'rte'; seed 3, not 4\)"):
-        load_carried(rte_model.model, head, ("head",), fingerprint, {**cb_origin, "task": "rte", "seed": 4})
+        load_carried(rte_model.model, head, ("head",), fingerprint, {**cb_origin, "task": "rte", "seed": 4}, CONFIG)
     # A file that claims this run's origin is still checked against the model:
     with pytest.raises(ValueError, match=r"'mixins\.head\.out\.bias' has shape \[3\], but this task's model needs \[1\]"):
-        load_carried(rte_model.model, head, ("head",), fingerprint, cb_origin)
+        load_carried(rte_model.model, head, ("head",), fingerprint, cb_origin, CONFIG)
     other = load_backbone(minilm_dir).fingerprint
     with pytest.raises(ValueError, match="trained on another backbone"):
-        load_carried(rte_model.model, head, ("head",), other, cb_origin)
+        load_carried(rte_model.model, head, ("head",), other, cb_origin, CONFIG)
 
 
 def test_a_same_shaped_head_from_another_run_is_refused(tmp_path, tiny_bert, rte_dir):

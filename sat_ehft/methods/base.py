@@ -22,7 +22,7 @@ def prefix_spec(config, model_config):
 
 
 def mixout_spec(config, model_config):
-    return {"p": config.mixout_p}
+    return {"p": config.mixout_p, "draw": config.mixout_draw, "zero_dropout": config.mixout_zero_dropout}
 
 
 # Method mixin name -> its constructor kwargs (a spec, see sat_ehft.mixins.attach) for a config and backbone.
@@ -62,11 +62,11 @@ class Stage:
             # Imported here: sat_ehft.mixins imports SAT (seconds), and the CLI checks method names before that.
             from sat_ehft.mixins import bias_names
 
-            return head | set(bias_names(model))
+            return head | set(bias_names(model, config.bitfit_final_layernorm))
         if self.trains in ("lora", "prefix"):
             return head | {n for n in names if n.startswith(f"mixins.{self.trains}.")}
         if self.trains == "topk":
-            return head | top_layer_names(names, len(model.transformer.layers), config.top_k)
+            return head | top_layer_names(names, len(model.transformer.layers), config.top_k, config.top_k_layers)
         return head
 
     def freeze_others(self, model, config):
@@ -76,13 +76,17 @@ class Stage:
         return trainable
 
 
-def top_layer_names(names, num_layers, k):
-    """The parameters of the top k layers as HF counts them. SAT's post-LN layer i holds HF layer i-1's
-    output LayerNorm as its input LayerNorm, and HF's last one is SAT's final LayerNorm."""
+def top_layer_names(names, num_layers, k, counting="hf"):
+    """The parameters of the top k layers. 'hf': as HF counts layers (SAT's post-LN layer i holds HF layer
+    i-1's output LayerNorm as its input LayerNorm, and HF's last one is SAT's final LayerNorm); 'sat': SAT's
+    layers whole and the final LayerNorm frozen, as the original code's `all[21-23]` trained them."""
     if not 0 < k <= num_layers:
         raise ValueError(f"top_k={k} must lie in 1..{num_layers} (the model's layers)")
     first = num_layers - k
-    top = tuple(f"transformer.layers.{i}." for i in range(first, num_layers)) + ("transformer.final_layernorm.",)
+    layers = tuple(f"transformer.layers.{i}." for i in range(first, num_layers))
+    if counting == "sat":
+        return {n for n in names if n.startswith(layers)}
+    top = layers + ("transformer.final_layernorm.",)
     return {n for n in names if n.startswith(top) and not n.startswith(f"transformer.layers.{first}.input_layernorm.")}
 
 

@@ -11,6 +11,11 @@ def is_backbone_parameter(name):
     return not name.startswith("mixins.") or name.startswith(BACKBONE_MIXINS)
 
 
-def bias_names(model):
-    """Names of the backbone's bias parameters (LayerNorm biases included)."""
-    return [n for n, _ in model.named_parameters() if n.endswith(".bias") and is_backbone_parameter(n)]
+FINAL_LAYERNORM_BIAS = "transformer.final_layernorm.bias"
+
+
+def bias_names(model, final_layernorm=True):
+    """Names of the backbone's bias parameters (LayerNorm biases included; the final LayerNorm's only when
+    `final_layernorm`: the original code's BitFit left it out)."""
+    return [n for n, _ in model.named_parameters() if n.endswith(".bias") and is_backbone_parameter(n)
+            and (final_layernorm or n != FINAL_LAYERNORM_BIAS)]
