@@ -82,6 +82,10 @@ class Config:
     """Mixout: set every dropout of the model to 0 while it trains (the original code did)."""
     child_tuning_keep: float = 0.3
     """Child-Tuning_D: fraction of backbone entries, by Fisher information, that train (the original EH-FT code: 0.1)."""
+    child_tuning_fisher: str = "backbone"
+    """Child-Tuning_D's Fisher: 'backbone' (every backbone tensor, eval mode); 'original' (layers only, train mode, gradients clipped to 1)."""
+    child_tuning_optimizer: str = "config"
+    """Child-Tuning_D's AdamW: 'config' (adam_betas, weight_decay as set); 'original' (betas 0.9/0.999, no weight decay)."""
     unpad: bool = True
     """Run the backbone on the real tokens only (padding removed, attention per sequence); False: SAT's padded layout."""
     group_by_length: bool = False
@@ -113,6 +117,8 @@ class Config:
             (self.pair_input in PAIR_INPUTS, f"pair_input must be one of {PAIR_INPUTS}"),
             (self.top_k_layers in ("hf", "sat"), "top_k_layers must be 'hf' or 'sat'"),
             (self.mixout_draw in ("element", "column"), "mixout_draw must be 'element' or 'column'"),
+            (self.child_tuning_fisher in ("backbone", "original"), "child_tuning_fisher must be 'backbone' or 'original'"),
+            (self.child_tuning_optimizer in ("config", "original"), "child_tuning_optimizer must be 'config' or 'original'"),
             (0 < self.stage1_share < 1, "stage1_share must lie strictly between 0 and 1"),
             (self.zero_stage in (0, 1, 2), "zero_stage must be 0, 1 or 2"),
             (set(self.report_to) <= set(TRACKERS), f"report_to must name trackers among {tuple(TRACKERS)}"),

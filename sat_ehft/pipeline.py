@@ -239,8 +239,16 @@ def prepare_stage(spec, out, index):
                      stage_origin(spec, previous), spec.config)
     if stage.fisher_mask:
         mask_to_child_network(model, task, train, spec.config.micro_batch_size, spec.config.child_tuning_keep,
-                              tokenizer.pad_token_id)
+                              tokenizer.pad_token_id, spec.config.child_tuning_fisher)
     return PreparedStage(backbone, model, trainable, tokenizer, train, dev)
+
+
+def training_config(config, stage):
+    """The config a stage trains with: the original code's Child-Tuning_D ran its own optimizer
+    (ChildTuningAdamW: betas (0.9, 0.999), no weight decay) whatever the other methods used."""
+    if stage.fisher_mask and config.child_tuning_optimizer == "original":
+        return dataclasses.replace(config, adam_betas=(0.9, 0.999), weight_decay=0.0)
+    return config
 
 
 def run_stage(spec, out, index):
@@ -255,7 +263,8 @@ def run_stage(spec, out, index):
     budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
     files = StageFiles(folder)
     callbacks = [WeightDistanceLog(ready.model, folder)] if spec.config.track_weight_distance and is_main() else []
-    records, cost = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev, spec.config, budget,
+    records, cost = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev,
+                                training_config(spec.config, stage), budget,
                                 seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=callbacks)
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage

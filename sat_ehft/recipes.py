@@ -24,6 +24,8 @@ ORIGINAL = {
     "top_k_layers": "sat",  # `all[21-23]`: SAT layers 21-23 whole, the final LayerNorm frozen
     "mixout_draw": "column",  # one Bernoulli draw per input column, repeated over the rows
     "mixout_zero_dropout": True,  # and every nn.Dropout set to p = 0
+    "child_tuning_fisher": "original",  # over transformer.layers.* only, train mode, each gradient clipped to 1
+    "child_tuning_optimizer": "original",  # ChildTuningAdamW: betas (0.9, 0.999), no weight decay
 }
 
 PAPER = {

@@ -193,6 +193,30 @@ def test_the_original_mixout_sets_every_dropout_to_zero(tmp_path, zero_dropout):
     assert rates == ({0.0} if zero_dropout else {0.1})
 
 
+def test_original_fisher_clips_each_tensors_gradient_to_norm_one_before_squaring():
+    from sat_ehft.mixins.child_tuning import fisher_information
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    batches = [torch.randn(4, 8) * scale for scale in (0.1, 10.0, 50.0)]  # small and large gradients
+
+    def losses():
+        for x in batches:
+            yield model(x).pow(2).mean()
+
+    names = [n for n, _ in model.named_parameters()]
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x in batches:
+        grads = torch.autograd.grad(model(x).pow(2).mean(), list(model.parameters()))
+        for name, grad in zip(names, grads):
+            expected[name] += (grad * min(1.0, 1.0 / (grad.norm().item() + 1e-6))) ** 2
+    clipped = fisher_information(model, names, losses(), clip=1.0)
+    plain = fisher_information(model, names, losses())
+    for name in names:
+        torch.testing.assert_close(clipped[name], expected[name], rtol=1e-5, atol=1e-9)
+    assert any(not torch.allclose(clipped[n], plain[n]) for n in names)  # the large batches were clipped
+
+
 def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
     from sat_ehft.mixins.child_tuning import fisher_information, install_gradient_masks, top_fraction_masks
 

@@ -189,3 +189,24 @@ def test_child_tuning_stage_updates_only_its_child_network(tmp_path, tiny_bert, 
     assert 0 < moving <= round(0.2 * sum(p.numel() for _, p in backbone))
     head = ready.model.get_mixin("head").dense.weight.grad
     assert (head != 0).float().mean() > 0.3  # the head is never masked (only ReLU-dead units have no gradient)
+
+
+def test_the_original_child_tuning_masks_the_layers_only_and_trains_with_its_own_adamw(tmp_path, tiny_bert, rte_dir):
+    from sat_ehft.batching import collate, model_inputs
+    from sat_ehft.objective import loss
+    from sat_ehft.pipeline import training_config
+
+    spec = spec_for("child-tuning-d", tiny_bert, rte_dir, child_tuning_keep=0.2, child_tuning_fisher="original",
+                    child_tuning_optimizer="original")
+    ready = prepare_stage(spec, tmp_path, 0)
+    batch = collate(ready.train[:8], ready.tokenizer.pad_token_id)
+    loss(ready.model.encode(**model_inputs(batch)), batch["labels"], "binary").backward()
+    params = dict(ready.model.named_parameters())
+    layers = [p for n, p in params.items() if n.startswith("transformer.layers.")]
+    moving = sum(int((p.grad != 0).sum()) for p in layers)
+    assert 0 < moving <= round(0.2 * sum(p.numel() for p in layers))  # the share is of the layers' entries
+    for name in ("transformer.final_layernorm.weight", "transformer.position_embeddings.weight"):
+        assert (params[name].grad != 0).float().mean() > 0.9, name  # outside the layers: not masked
+    config = training_config(spec.config, get_method("child-tuning-d").stages[0])
+    assert (config.adam_betas, config.weight_decay) == ((0.9, 0.999), 0.0)
+    assert training_config(spec.config, get_method("ft").stages[0]) == spec.config
