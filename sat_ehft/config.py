@@ -68,6 +68,8 @@ class Config:
     """Attention projections LoRA adapts (the original code: Q, K, V and O)."""
     prefix_len: int = 17
     """Prefix-tuning prefixes per layer (paper text: 16; the original code: 17)."""
+    prefix_in_length: bool = False
+    """Runs of a prefix method encode max_length - prefix_len tokens, so input and prefixes fill max_length (the original: 495 + 17)."""
     top_k: int = 3
     """Top-K layer tuning: how many of the last layers train."""
     top_k_layers: str = "hf"

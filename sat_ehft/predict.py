@@ -20,8 +20,8 @@ import torch
 from sat_ehft import metrics, objective
 from sat_ehft.atomic import write_text
 from sat_ehft.methods import get_method
-from sat_ehft.pipeline import read_run, rebuild_stage_model, stage_done
-from sat_ehft.tasks import Encoding, encode_examples, get_task
+from sat_ehft.pipeline import read_run, rebuild_stage_model, run_encoding, stage_done
+from sat_ehft.tasks import encode_examples, get_task
 from sat_ehft.trainer import head_scores, resolve_precision
 
 MODEL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,7 +95,7 @@ def predict(classifier, split, data_dir=None, hub=False, device=None):
     data, its folder or the hub)."""
     spec, task = classifier.spec, get_task(classifier.spec.task)
     examples = task.read_split(None if hub else data_dir or spec.data_dir, split)
-    features = encode_examples(task, examples, classifier.tokenizer, Encoding.of(spec.config))
+    features = encode_examples(task, examples, classifier.tokenizer, run_encoding(spec))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     scores = head_scores(classifier.model.to(device), features, spec.config.eval_batch_size,
                          classifier.tokenizer.pad_token_id, device)

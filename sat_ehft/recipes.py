@@ -19,6 +19,7 @@ ORIGINAL = {
     "lora_alpha": 16.0,
     "lora_targets": ("query", "key", "value", "dense"),
     "prefix_len": 17,
+    "prefix_in_length": True,  # prefix runs encoded at 512 - 17 = 495 tokens
     "stage1_lr": {"bitfit": 5e-4, "lora": 5e-4, "prefix": 5e-3, "lp": 1e-3},
     "bitfit_final_layernorm": False,  # its BitFit set: every per-layer bias, not final_layernorm.bias
     "top_k_layers": "sat",  # `all[21-23]`: SAT layers 21-23 whole, the final LayerNorm frozen

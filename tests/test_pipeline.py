@@ -85,6 +85,18 @@ def test_bitfit_reserve_carries_the_biases_its_stage1_trained(tmp_path, tiny_ber
     assert carried.keys() == stage1.keys() and all(torch.equal(v, stage1[n]) for n, v in carried.items())
 
 
+@pytest.mark.parametrize("room", [True, False])
+def test_prefix_runs_leave_room_for_their_prefixes(tmp_path, tiny_bert, rte_dir, room):
+    from sat_ehft.pipeline import run_encoding
+
+    spec = spec_for("ehft-prefix", tiny_bert, rte_dir, prefix_in_length=room, prefix_len=5)
+    longest = 64 - 5 if room else 64
+    assert run_encoding(spec).max_length == longest
+    assert run_encoding(spec_for("ft", tiny_bert, rte_dir, prefix_in_length=room)).max_length == 64
+    ready = prepare_stage(spec, tmp_path, 0)
+    assert max(len(f["input_ids"]) for f in ready.train + ready.dev) == longest  # RTE rows run past 64 tokens
+
+
 def test_stage2_needs_stage1(tmp_path, tiny_bert, rte_dir):
     with pytest.raises(ValueError, match="stage1 has not finished; run it first"):
         run(spec_for("ehft-lora", tiny_bert, rte_dir), tmp_path, stage_number=2)

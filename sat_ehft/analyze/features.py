@@ -5,12 +5,13 @@ import torch
 
 from sat_ehft.batching import collate, model_inputs
 from sat_ehft.encoded_cache import encoded_split
-from sat_ehft.tasks import Encoding, get_task
+from sat_ehft.pipeline import run_encoding
+from sat_ehft.tasks import get_task
 
 
 def encoded(spec, tokenizer, split):
     task = get_task(spec.task)
-    return task, encoded_split(task, spec.data_dir, split, tokenizer, Encoding.of(spec.config))
+    return task, encoded_split(task, spec.data_dir, split, tokenizer, run_encoding(spec))
 
 
 @torch.no_grad()
