@@ -94,6 +94,8 @@ class Config:
     """Batch training sequences of similar length together (less padding; batches still shuffled)."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
+    best_metric: str = ""
+    """The dev metric that picks the best epoch and is reported; '' for the task's first (Table 2 reports STS-B's spearman)."""
     log_every: int = 20
     """Optimizer steps between reads of the training loss on the host (each read waits for the device); all are logged."""
     checkpoint_minutes: float = 30.0

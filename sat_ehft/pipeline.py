@@ -202,9 +202,16 @@ def save_model(model, backbone, folder):
             shutil.copytree(backbone.folder / HF_ORIGIN_SUBDIR, tmp / HF_ORIGIN_SUBDIR)
 
 
-def summarize(task, records):
-    """Best (by the task's first metric) and last epoch records."""
-    metric = task.metrics[0]
+def selection_metric(task, config):
+    """The metric that picks the best epoch: config.best_metric, else the task's first."""
+    if config.best_metric and config.best_metric not in task.metrics:
+        raise ValueError(f"best_metric={config.best_metric!r}: task {task.name} reports {', '.join(task.metrics)}")
+    return config.best_metric or task.metrics[0]
+
+
+def summarize(task, records, config):
+    """Best (by the selection metric) and last epoch records."""
+    metric = selection_metric(task, config)
     best = max(records, key=lambda r: r[metric])
     return {"metric": metric, "best": best, "last": records[-1]}
 
@@ -282,7 +289,7 @@ def run_stage(spec, out, index):
             "precision": resolve_precision(spec.config.precision),
             "seconds": round(time.perf_counter() - started, 2),
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
-            **summarize(task, records)}
+            **summarize(task, records, spec.config)}
     if is_main():
         save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, stage_origin(spec, stage),
                      folder / "trained.pt")
@@ -335,7 +342,7 @@ def run(spec, out, stage_number=None, log=print):
 
     Returns result.json's content once every stage is done, else None."""
     method = get_method(spec.method)
-    get_task(spec.task)
+    selection_metric(get_task(spec.task), spec.config)
     method.check(spec.config)
     if stage_number is not None and not 1 <= stage_number <= len(method.stages):
         raise ValueError(f"--stage {stage_number}: method {method.name} has stages 1..{len(method.stages)}")
@@ -366,6 +373,8 @@ def write_result(spec, out, method):
                    for r in map(json.loads, (Path(out) / s.name / "metrics.jsonl").read_text().splitlines())]
     result = {"task": spec.task, "method": spec.method, "seed": spec.seed, "metric": metric,
               "best": final["best"][metric], "best_epoch": final["best"]["epoch"], "last": final["last"][metric],
+              # the best epoch predicted one class for every dev example (or one value): a failed run
+              "collapsed": final["best"].get("collapsed"),
               # The original code reported this: a running maximum over every evaluation, Stage 1's included.
               "max_over_all_stages": max(every_epoch),
               "stages": {s.name: done for s, done in zip(method.stages, stages)}}

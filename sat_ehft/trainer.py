@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
@@ -147,9 +148,18 @@ def head_scores(model, features, batch_size, pad_id, device):
 
 
 def evaluate(model, task, features, batch_size, pad_id, device):
-    """{metric: value} of `model` on encoded, labelled `features` (each rank scores its share, see head_scores)."""
-    predictions = objective.predict(head_scores(model, features, batch_size, pad_id, device), task.objective)
-    return metrics.compute(task.metrics, predictions.numpy(), [f["label"] for f in features])
+    """{metric: value, 'collapsed': bool} of `model` on encoded, labelled `features` (each rank scores its
+    share, see head_scores). collapsed: every example got the same class (regression: predictions spread
+    less than 1% of the labels' standard deviation), the signature of a failed run."""
+    predictions = objective.predict(head_scores(model, features, batch_size, pad_id, device), task.objective).numpy()
+    gold = [f["label"] for f in features]
+    return {**metrics.compute(task.metrics, predictions, gold), "collapsed": collapsed(predictions, gold, task)}
+
+
+def collapsed(predictions, gold, task):
+    if task.is_regression:
+        return bool(np.std(predictions) < 0.01 * np.std(gold))
+    return len(set(predictions.tolist())) == 1
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,27 @@ def test_prefix_runs_leave_room_for_their_prefixes(tmp_path, tiny_bert, rte_dir,
     assert max(len(f["input_ids"]) for f in ready.train + ready.dev) == longest  # RTE rows run past 64 tokens
 
 
+def test_a_run_picks_and_reports_its_best_epoch_by_the_configured_metric(tmp_path, tiny_bert, shared_data):
+    """Table 2 reports STS-B's Spearman correlation: the best epoch is chosen by it, not by Pearson."""
+    data = tmp_path / "data" / "glue" / "STS-B"
+    data.mkdir(parents=True)
+    for split, count in (("train", 33), ("dev", 17)):  # the header, then the rows
+        lines = (shared_data / "glue" / "STS-B" / f"{split}.tsv").read_text(encoding="utf-8-sig").splitlines()[:count]
+        (data / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def spec(metric):
+        return RunSpec(task="sts-b", method="ft", model=str(tiny_bert), data_dir=str(tmp_path / "data"), seed=3,
+                       config=Config(**{**CONFIG.__dict__, "epochs": 4, "best_metric": metric}))
+
+    result = run(spec("spearman"), tmp_path / "run", log=lambda line: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["spearman"])
+    assert (result["metric"], result["best"], result["best_epoch"]) == ("spearman", best["spearman"], best["epoch"])
+    with pytest.raises(ValueError, match="best_metric='f1': task sts-b reports pearson, spearman"):
+        run(spec("f1"), tmp_path / "other", log=lambda line: None)
+    assert not (tmp_path / "other" / "run.json").exists()
+
+
 def test_stage2_needs_stage1(tmp_path, tiny_bert, rte_dir):
     with pytest.raises(ValueError, match="stage1 has not finished; run it first"):
         run(spec_for("ehft-lora", tiny_bert, rte_dir), tmp_path, stage_number=2)

@@ -72,7 +72,7 @@ def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_input
                    for s in (1, 2)]
         best = [100 * r["best"] for r in results]
         last = [100 * r["last"] for r in results]
-        assert row["seeds"] == 2
+        assert row["seeds"] == 2 and row["collapsed"] == sum(r["collapsed"] for r in results)
         assert_rounded(row["best_mean"], np.mean(best), 2)
         assert_rounded(row["best_std"], np.std(best, ddof=1), 2)
         assert_rounded(row["last_mean"], np.mean(last), 2)
@@ -88,7 +88,7 @@ def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_input
                      ("rte", "ft"): 87.52}
     markdown = (out / "report.md").read_text()
     assert "## Missing runs\n\nnone" in markdown and "- rte ehft-bitfit: 1, 2" in markdown
-    assert (out / "report.csv").read_text().splitlines()[0].startswith("task,method,metric,seeds,best_mean,best_std")
+    assert (out / "report.csv").read_text().splitlines()[0].startswith("task,method,metric,seeds,collapsed,best_mean,best_std")
 
 
 def test_report_names_missing_runs(tmp_path, tiny_bert, grid_inputs):

@@ -12,6 +12,7 @@ from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
+from sat_ehft.tasks import get_task
 from sat_ehft.trainer import LR_SCHEDULES as TRAINER_SCHEDULES
 from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, make_optimizer,
                               sat_annealing_schedule, train_stage)
@@ -47,7 +48,25 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
     with torch.no_grad():
         predicted = (model.encode(**model_inputs(batch))[:, 0] > 0).long()
     assert logged[-1]["accuracy"] == pytest.approx(metrics.accuracy(predicted.numpy(), batch["labels"].numpy()))
-    assert evaluate(model, task, dev, 7, minilm_tokenizer.pad_token_id, "cpu") == {"accuracy": logged[-1]["accuracy"]}
+    assert evaluate(model, task, dev, 7, minilm_tokenizer.pad_token_id, "cpu") == {
+        "accuracy": logged[-1]["accuracy"], "collapsed": len(set(predicted.tolist())) == 1}
+    with torch.no_grad():  # a head that answers "not entailment" whatever the input: a collapsed run
+        model.get_mixin("head").out.weight.zero_()
+        model.get_mixin("head").out.bias.fill_(5.0)
+    collapsed = evaluate(model, task, dev, 7, minilm_tokenizer.pad_token_id, "cpu")
+    assert collapsed["collapsed"] is True
+    assert collapsed["accuracy"] == pytest.approx(sum(f["label"] == 1 for f in dev) / len(dev))
+
+
+def test_a_regression_run_collapses_when_its_predictions_barely_spread():
+    import numpy as np
+
+    from sat_ehft.trainer import collapsed
+
+    stsb, gold = get_task("sts-b"), [0.0, 1.0, 4.5, 5.0]
+    assert collapsed(np.array([2.5, 2.5001, 2.4999, 2.5]), gold, stsb)
+    assert not collapsed(np.array([1.0, 2.0, 3.0, 4.0]), gold, stsb)
+    assert not collapsed(np.array([1, 0, 0, 0]), [1, 0, 1, 0], get_task("rte"))
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
