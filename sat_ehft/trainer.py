@@ -22,6 +22,7 @@ from tqdm import tqdm
 from sat_ehft import checkpoints, metrics, objective
 from sat_ehft.atomic import write_json, write_text
 from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
+from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
 from sat_ehft.tracking import Trackers
 
 
@@ -270,33 +271,53 @@ def _mean_over_ranks(values):
 
 
 class StepLosses:
-    """The optimizer steps' losses, kept on the device and read at logging points only (every `log_every`
-    steps and at the epoch's end): reading a loss on the host stalls the device's queue. A non-finite loss
-    is found there and stops the stage, naming the steps read."""
+    """The optimizer steps' losses (and, at logging points, the backbone's gradient norm), kept on the device
+    and read at logging points only (every `log_every` steps and at the epoch's end): reading a value on the
+    host stalls the device's queue. A non-finite loss is found there and stops the stage, naming the steps."""
 
     def __init__(self, progress, trackers, files, log_every):
         self.progress, self.trackers, self.files, self.log_every = progress, trackers, files, log_every
-        self.pending = []  # (step, loss on the device)
+        self.pending = []  # (step, loss, backbone gradient norm or None), on the device
 
-    def add(self, step, loss):
-        self.pending.append((step, loss))
-        if step % self.log_every == 0:
+    def logs(self, step):
+        return step % self.log_every == 0
+
+    def add(self, step, loss, grad_norm=None):
+        self.pending.append((step, loss, grad_norm))
+        if self.logs(step):
             self.read()
 
     def read(self):
         if not self.pending:
             return
-        steps = [step for step, _ in self.pending]
-        values = _mean_over_ranks(torch.stack([loss for _, loss in self.pending]))
+        steps = [step for step, _, _ in self.pending]
+        norms = [norm for _, _, norm in self.pending if norm is not None]
+        values = _mean_over_ranks(torch.stack([loss for _, loss, _ in self.pending] + norms))
+        losses, norms = values[:len(steps)], iter(values[len(steps):])
+        with_norm = [norm is not None for _, _, norm in self.pending]
         self.pending = []
-        bad = next((step for step, value in zip(steps, values) if not math.isfinite(value)), None)
+        bad = next((step for step, value in zip(steps, losses) if not math.isfinite(value)), None)
         if bad is not None:
             span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
-            raise NonFiniteLoss(f"{self.files.folder}: {span}: loss is {values[steps.index(bad)]} at step {bad}; "
+            raise NonFiniteLoss(f"{self.files.folder}: {span}: loss is {losses[steps.index(bad)]} at step {bad}; "
                                 f"the last good checkpoint is kept in {self.files.checkpoints}")
-        for step, value in zip(steps, values):
-            self.progress.step_losses.append({"step": step, "loss": value})
-            self.trackers.log({"train/loss": value}, step)
+        for step, value, has_norm in zip(steps, losses, with_norm):
+            row = {"step": step, "loss": value, **({"backbone_grad_norm": next(norms)} if has_norm else {})}
+            self.progress.step_losses.append(row)
+            self.trackers.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step)
+
+
+def backbone_grad_norm(engine, names, precision):
+    """The L2 norm of the trained backbone tensors' gradients, before clipping, on the device (None when the
+    stage trains none of the backbone). Call between backward and step (DeepSpeed assembles ZeRO's shards)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    grads = [safe_get_full_grad(p) for n, p in engine.module.named_parameters() if n in names]
+    grads = [g.float() for g in grads if g is not None]
+    if not grads:
+        return None
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return norm / getattr(engine.optimizer, "loss_scale", 1.0) if precision == "fp16" else norm
 
 
 def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
@@ -325,15 +346,16 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)
     trackers = Trackers(files, config, rank)
     step_losses = StepLosses(progress, trackers, files, config.log_every)
+    backbone = ({n for n in trainable if is_backbone_parameter(n)}, resolve_precision(config.precision))
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
         started = time.perf_counter()
         skipped = engine.skipped_steps
-        train_loss = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
-                                  f"{budget.epochs}", rank)
+        training = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
+                                f"{budget.epochs}", rank, backbone)
         evaluated = time.perf_counter()
-        record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0],
-                  "train_loss": train_loss, **_skipped(engine, skipped, config),
+        record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
+                  **_skipped(engine, skipped, config),
                   **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
@@ -358,23 +380,41 @@ def _skipped(engine, before, config):
     return {"skipped_steps": engine.skipped_steps - before} if resolve_precision(config.precision) == "fp16" else {}
 
 
-def _train_epoch(engine, loader, task, step_losses, description, rank):
-    """One pass over this rank's micro-batches; return their mean loss over every rank (read at the end)."""
+def _train_epoch(engine, loader, task, step_losses, description, rank, backbone):
+    """One pass over this rank's micro-batches; return their mean loss and (classification) the training
+    accuracy, over every rank, read once at the end. `backbone`: (trained backbone tensor names, precision)
+    for the gradient norm at logging points."""
     micro_losses, epoch_loss = [], torch.zeros((), device=engine.device)
+    correct, seen = torch.zeros((), device=engine.device), 0
     engine.train()
     for batch in tqdm(loader, desc=description, disable=None if rank == 0 else True, leave=False):
         batch = {k: v.to(engine.device) for k, v in batch.items()}
-        loss = objective.loss(engine.module.encode(**model_inputs(batch)), batch["labels"], task.objective)
+        scores = engine.module.encode(**model_inputs(batch))
+        loss = objective.loss(scores, batch["labels"], task.objective)
         micro_losses.append(loss.detach())
         epoch_loss += micro_losses[-1]
+        if not task.is_regression:
+            correct += (objective.predict(scores.detach(), task.objective) == batch["labels"]).sum()
+            seen += len(batch["labels"])
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
+        norm = backbone_grad_norm(engine, *backbone) if boundary and step_losses.logs(engine.global_steps + 1) else None
         engine.step()
         if boundary:
-            step_losses.add(engine.global_steps, torch.stack(micro_losses).mean())
+            step_losses.add(engine.global_steps, torch.stack(micro_losses).mean(), norm)
             micro_losses = []
     step_losses.read()
-    return _mean_over_ranks((epoch_loss / len(loader))[None])[0]
+    seen = torch.tensor(float(seen), device=engine.device)
+    loss, correct, seen, norm = _mean_over_ranks(torch.stack([epoch_loss / len(loader), correct, seen,
+                                                              head_norm(engine.module)]))
+    accuracy = {} if task.is_regression else {"train_accuracy": correct / seen}
+    return {"train_loss": loss, **accuracy, "head_norm": norm}
+
+
+def head_norm(model):
+    """The L2 norm of the head's weights and biases together, on the device."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float())
+                                                 for p in model.get_mixin(HEAD_NAME).parameters()]))
 
 
 def _training_batches(features, config, rank, world_size, seed, pad_id):

@@ -21,8 +21,8 @@ CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length
                 checkpoint_minutes=0)
 
 
-def classifier(tmp_path, task, stage):
-    tiny_hf_model("bert", vocab=30522, hidden=32, layers=2, heads=4).save_pretrained(tmp_path / "bert")
+def classifier(tmp_path, task, stage, dropout=0.1):
+    tiny_hf_model("bert", vocab=30522, hidden=32, layers=2, heads=4, dropout=dropout).save_pretrained(tmp_path / "bert")
     torch.manual_seed(0)
     return build_classifier(load_backbone(tmp_path / "bert"), task, stage, CONFIG)
 
@@ -192,10 +192,42 @@ def test_the_loss_is_read_on_the_host_at_logging_points_only(tmp_path, rte_featu
     for log_every in (100, 1):
         reads.clear()
         run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, f"every{log_every}", epochs=2, log_every=log_every)
-        logs[log_every] = ((tmp_path / f"every{log_every}" / "train_loss.jsonl").read_text(), len(reads))
-    assert logs[100][1] == 2 * 2  # per epoch: the steps' losses at its end, its mean loss
-    assert logs[1][1] == 2 * (3 + 1)  # per epoch: each of its 3 steps, its mean loss
-    assert logs[100][0] == logs[1][0] and len(logs[1][0].splitlines()) == 6
+        rows = (tmp_path / f"every{log_every}" / "train_loss.jsonl").read_text().splitlines()
+        logs[log_every] = ([json.loads(row) for row in rows], len(reads))
+    assert logs[100][1] == 2 * 2  # per epoch: the steps' losses at its end; its mean loss, accuracy, head norm
+    assert logs[1][1] == 2 * (3 + 1)  # per epoch: each of its 3 steps; its means
+    assert [r["loss"] for r in logs[100][0]] == [r["loss"] for r in logs[1][0]] and len(logs[1][0]) == 6
+    # the backbone's gradient norm is taken at logging points only: every step here, never in 3-step epochs there
+    assert all(r["backbone_grad_norm"] > 0 for r in logs[1][0]) and all(len(r) == 2 for r in logs[100][0])
+
+
+def test_the_backbone_gradient_norm_covers_the_trained_backbone_tensors_only():
+    from types import SimpleNamespace
+
+    from sat_ehft.trainer import backbone_grad_norm
+
+    model = torch.nn.Module()
+    model.transformer, model.mixins = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)  # backbone, head
+    grads = {"transformer.weight": torch.randn(2, 3), "transformer.bias": torch.randn(2), "mixins.weight": torch.randn(1, 2)}
+    for name, parameter in model.named_parameters():
+        parameter.grad = grads.get(name, torch.randn_like(parameter))
+    engine = SimpleNamespace(module=model, optimizer=None)
+    expected = torch.cat([grads["transformer.weight"].flatten(), grads["transformer.bias"]]).norm()
+    assert backbone_grad_norm(engine, {"transformer.weight", "transformer.bias"}, "fp32") == pytest.approx(expected)
+    assert backbone_grad_norm(engine, set(), "fp32") is None
+
+
+def test_training_accuracy_and_head_norm_per_epoch(tmp_path, rte_features, minilm_tokenizer):
+    """With LR 0 and no dropout the model does not change while it trains, so the epoch's training accuracy is
+    the accuracy of its predictions on the training rows."""
+    task, train, dev = rte_features
+    model, trainable = classifier(tmp_path, task, get_method("ft").stages[0], dropout=0.0)
+    records, _ = train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=0.0, epochs=1), seed=1,
+                             pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
+    assert records[0]["train_accuracy"] == pytest.approx(
+        evaluate(model, task, train, 8, minilm_tokenizer.pad_token_id, "cpu")["accuracy"])
+    head = torch.cat([p.detach().flatten() for p in model.get_mixin("head").parameters()])
+    assert records[0]["head_norm"] == pytest.approx(head.norm().item())
 
 
 @pytest.mark.parametrize("precision, zero_stage, grouped", [("fp32", 1, True), ("bf16", 0, False), ("bf16", 2, False)])
