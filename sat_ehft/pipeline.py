@@ -7,8 +7,10 @@ keep the trained head"); what a stage `carries` is read from the previous stage'
 Run folder (the contract with everything that reads results):
   run.json                     task, method, model, data, seed, config, library versions
   .lock                        held by the running process: one writer per folder
-  <stage>/metrics.jsonl        one line per epoch: epoch, step, lr, train_loss, dev metrics
-  <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks)
+  <stage>/metrics.jsonl        one line per epoch: epoch, step, lr, train_loss, train_accuracy, head_norm, dev
+                               metrics, collapsed
+  <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks), backbone_grad_norm at
+                               logging points
   <stage>/tensorboard/         the same, for TensorBoard
   <stage>/cost.json            seconds spent training, evaluating, checkpointing; checkpoint bytes (every start)
   <stage>/checkpoint/          the last resumable checkpoint (sat_ehft.checkpoints; removed when the stage ends)
