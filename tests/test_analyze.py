@@ -72,4 +72,8 @@ def test_figure6_and_7_read_the_run_files(tmp_path, runs):
     data = written(tmp_path, "figure7_loss")
     ehft = data[str(runs["ehft-bitfit-0.5"])]
     stage2 = [json.loads(line) for line in (runs["ehft-bitfit-0.5"] / "stage2" / "train_loss.jsonl").read_text().splitlines()]
-    assert ehft["loss"] == [r["loss"] for r in stage2] and ehft["step"][0] == 2 * 4 + 1  # after Stage 1's 8 steps
+    assert ehft["loss"] == [r["loss"] for r in stage2] and ehft["step"][0] == 1  # Stage 2 from its own step 0
+    assert ehft["stage1_steps"] == 2 * 4  # Stage 1: 2 epochs of 4 steps
+    epochs = [json.loads(line) for line in (runs["ehft-bitfit-0.5"] / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert ehft["train_accuracy"] == [r["train_accuracy"] for r in epochs] and len(epochs) == 2
+    assert ehft["epoch_step"] == [r["step"] for r in epochs]

@@ -177,20 +177,31 @@ def stage1_share(runs, out):
 
 
 def loss_curves(runs, out):
-    """Figure 7: training loss against iterations; EH-FT's Stage 2 is drawn after its Stage 1 iterations."""
+    """Figure 7: the final stage's training loss per step and training accuracy per epoch, against its own
+    iterations (Stage 2 from step 0, as the authors' own plot draws it; `stage1_steps` gives the offset)."""
     from sat_ehft.methods import get_method
 
     data = {}
     for run in runs:
         method = _label(run)
         stages = [s.name for s in get_method(method).stages]
-        offset = 0
-        if len(stages) > 1:
-            offset = _jsonl(Path(run) / stages[0] / "train_loss.jsonl")[-1]["step"]
+        before = _jsonl(Path(run) / stages[0] / "train_loss.jsonl")[-1]["step"] if len(stages) > 1 else 0
         rows = _jsonl(Path(run) / stages[-1] / "train_loss.jsonl")
-        data[str(run)] = {"method": method, "step": [offset + r["step"] for r in rows], "loss": [r["loss"] for r in rows]}
+        epochs = [r for r in _jsonl(Path(run) / stages[-1] / "metrics.jsonl") if "train_accuracy" in r]
+        data[str(run)] = {"method": method, "stage1_steps": before, "step": [r["step"] for r in rows],
+                          "loss": [r["loss"] for r in rows], "epoch_step": [r["step"] for r in epochs],
+                          "train_accuracy": [r["train_accuracy"] for r in epochs]}
 
-    draw = _lines(_by_method(data), "step", "loss", "iteration (Stage 1 included)", "training loss")
+    def draw(plt):
+        figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+        for label, entry in _by_method(data).items():
+            loss_axes.plot(entry["step"], entry["loss"], label=label, linewidth=1)
+            accuracy_axes.plot(entry["epoch_step"], entry["train_accuracy"], label=label, marker="o", linewidth=1)
+        loss_axes.set(xlabel="iteration of the final stage", ylabel="training loss")
+        accuracy_axes.set(xlabel="iteration of the final stage", ylabel="training accuracy")
+        loss_axes.legend(fontsize=8)
+        return figure
+
     return _save(out, "figure7_loss", data, draw)
 
 
