@@ -104,6 +104,8 @@ class Config:
     """Also write the final classifier as a SAT checkpoint folder RUN/model (large for RoBERTa-large)."""
     track_weight_distance: bool = False
     """Log the backbone's L2 distance from its pretrained weights after every epoch (Figure 5; keeps a copy)."""
+    weight_distance_every: int = 0
+    """With track_weight_distance, also every N optimizer steps up to step 1,000 (Figure 5's span); 0 for none."""
     report_to: tuple = ("tensorboard",)
     """Trackers that get the training loss and dev metrics besides the JSONL logs: 'tensorboard', 'wandb' (or none)."""
 

@@ -281,10 +281,12 @@ def run_stage(spec, out, index):
     setup_seconds = time.perf_counter() - started
     budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
     files = StageFiles(folder)
-    callbacks = [WeightDistanceLog(ready.model, folder)] if spec.config.track_weight_distance and is_main() else []
+    distance = [WeightDistanceLog(ready.model, folder, spec.config.weight_distance_every)] \
+        if spec.config.track_weight_distance and is_main() else []
     records, cost = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev,
-                                training_config(spec.config, stage), budget,
-                                seed=spec.seed, pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=callbacks)
+                                training_config(spec.config, stage), budget, seed=spec.seed,
+                                pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=distance,
+                                step_callbacks=[log.on_step for log in distance])
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,

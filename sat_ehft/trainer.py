@@ -321,7 +321,7 @@ def backbone_grad_norm(engine, names, precision):
 
 
 def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
-                callbacks=(), clock=time.monotonic):
+                callbacks=(), step_callbacks=(), clock=time.monotonic):
     """Train `model` for `budget`; return (per-epoch records, cost: seconds spent training, evaluating and
     checkpointing, checkpoint bytes written).
 
@@ -330,7 +330,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     after the last epoch; see sat_ehft.checkpoints), then each callback gets (model, record). A rerun with the
     same arguments resumes after the last checkpoint and ends as an uninterrupted run would. A NaN loss
     raises NonFiniteLoss when read (every `config.log_every` steps, see StepLosses) and leaves the last good
-    checkpoint. `clock` (seconds) drives the checkpoint policy.
+    checkpoint. Each of `step_callbacks` gets (model, step) after every optimizer step. `clock` (seconds)
+    drives the checkpoint policy.
     """
     import deepspeed
 
@@ -352,7 +353,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
         started = time.perf_counter()
         skipped = engine.skipped_steps
         training = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
-                                f"{budget.epochs}", rank, backbone)
+                                f"{budget.epochs}", rank, backbone, step_callbacks)
         evaluated = time.perf_counter()
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
                   **_skipped(engine, skipped, config),
@@ -380,10 +381,10 @@ def _skipped(engine, before, config):
     return {"skipped_steps": engine.skipped_steps - before} if resolve_precision(config.precision) == "fp16" else {}
 
 
-def _train_epoch(engine, loader, task, step_losses, description, rank, backbone):
+def _train_epoch(engine, loader, task, step_losses, description, rank, backbone, step_callbacks):
     """One pass over this rank's micro-batches; return their mean loss and (classification) the training
     accuracy, over every rank, read once at the end. `backbone`: (trained backbone tensor names, precision)
-    for the gradient norm at logging points."""
+    for the gradient norm at logging points; each of `step_callbacks` gets (model, step) after each step."""
     micro_losses, epoch_loss = [], torch.zeros((), device=engine.device)
     correct, seen = torch.zeros((), device=engine.device), 0
     engine.train()
@@ -403,6 +404,8 @@ def _train_epoch(engine, loader, task, step_losses, description, rank, backbone)
         if boundary:
             step_losses.add(engine.global_steps, torch.stack(micro_losses).mean(), norm)
             micro_losses = []
+            for callback in step_callbacks:
+                callback(engine.module, engine.global_steps)
     step_losses.read()
     seen = torch.tensor(float(seen), device=engine.device)
     loss, correct, seen, norm = _mean_over_ranks(torch.stack([epoch_loss / len(loader), correct, seen,

@@ -12,7 +12,8 @@ from sat_ehft.pipeline import RunSpec, run
 from sat_ehft.weight_distance import backbone_distance
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lr=1e-3,
-                stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, track_weight_distance=True)
+                stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, track_weight_distance=True,
+                weight_distance_every=3)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,34 @@ def test_figure5_weight_distance_matches_the_trained_weights(tmp_path, runs, tin
             parameter.copy_(trained[name])
     reference = {n: p.detach() for n, p in load_backbone(tiny_bert).model.named_parameters()}
     assert ft["distance"][-1] == pytest.approx(backbone_distance(pretrained, reference), rel=1e-5)
-    assert ft["step"] == [4, 8, 12, 16] and ft["distance"] == sorted(ft["distance"])
+    assert ft["step"] == [3, 4, 6, 8, 9, 12, 15, 16]  # every 3 steps, and each epoch's end (4 steps each)
+    assert ft["distance"] == sorted(ft["distance"])
+
+
+def test_a_resumed_stage_replaces_the_distances_logged_past_its_checkpoint(tmp_path):
+    from sat_ehft.weight_distance import WeightDistanceLog
+
+    model = torch.nn.Module()
+    model.transformer = torch.nn.Linear(2, 2)
+
+    def train_epoch(log, first_step, epoch, shift):
+        for step in (first_step, first_step + 1):
+            with torch.no_grad():
+                model.transformer.weight.add_(shift)
+            log.on_step(model, step)
+        log(model, {"epoch": epoch, "step": first_step + 1})
+
+    log = WeightDistanceLog(model, tmp_path, every=1)
+    train_epoch(log, 1, 1, 0.1)
+    train_epoch(log, 3, 2, 0.1)  # then killed; the checkpoint is after epoch 1
+    with torch.no_grad():
+        model.transformer.weight.sub_(0.2)  # back to the weights of the epoch-1 checkpoint
+    resumed = WeightDistanceLog(model, tmp_path, every=1)
+    resumed.start = log.start  # the pretrained weights
+    train_epoch(resumed, 3, 2, 0.3)  # epoch 2 trained again, differently
+    rows = [json.loads(line) for line in (tmp_path / "weight_distance.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r.get("epoch") for r in rows] == [None, 1, None, 2]
+    assert rows[3]["distance"] == pytest.approx(backbone_distance(model, log.start))
 
 
 def test_figure6_and_7_read_the_run_files(tmp_path, runs):
