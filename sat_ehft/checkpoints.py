@@ -85,6 +85,7 @@ def save(engine, folder, epoch, client_state):
         raise
     _barrier()
     written = sum(f.stat().st_size for f in partial.iterdir())
+    _barrier()  # every rank has read the folder before rank 0 renames it
     if _rank() == 0:
         _commit(folder, partial, tag)
     _barrier()
