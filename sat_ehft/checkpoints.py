@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from sat_ehft.atomic import raise_if_disk_full, write_text
+from sat_ehft.ranks import barrier, is_main, rank_and_world_size
 
 MANIFEST = "manifest.json"
 POINTER = "latest"
@@ -52,15 +53,6 @@ def tag_name(epoch):
     return f"epoch{epoch}"
 
 
-def _rank():
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier():
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def _fsync(path, directory=False):
     descriptor = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -73,9 +65,9 @@ def save(engine, folder, epoch, client_state):
     """Checkpoint `engine` after `epoch` (every rank calls this); return the bytes written."""
     folder, tag = Path(folder), tag_name(epoch)
     partial = folder / f".{tag}.partial"
-    if _rank() == 0:
+    if is_main():
         shutil.rmtree(partial, ignore_errors=True)
-    _barrier()
+    barrier()
     try:
         engine.save_checkpoint(str(folder), tag=partial.name, client_state=client_state, save_latest=False,
                                exclude_frozen_parameters=True)
@@ -83,12 +75,12 @@ def save(engine, folder, epoch, client_state):
         shutil.rmtree(partial, ignore_errors=True)
         raise_if_disk_full(err, partial)
         raise
-    _barrier()
+    barrier()
     written = sum(f.stat().st_size for f in partial.iterdir())
-    _barrier()  # every rank has read the folder before rank 0 renames it
-    if _rank() == 0:
+    barrier()  # every rank has read the folder before rank 0 renames it
+    if is_main():
         _commit(folder, partial, tag)
-    _barrier()
+    barrier()
     return written
 
 
@@ -184,9 +176,9 @@ def restore(engine, folder, trainable, report=print):
     state, or None when there is none to resume from."""
     folder = Path(folder)
     chosen = [None]
-    if _rank() == 0 and folder.is_dir():
+    if is_main() and folder.is_dir():
         chosen = [_choose(folder, trainable, report)]
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_and_world_size()[1] > 1:
         dist.broadcast_object_list(chosen, src=0)
     if chosen[0] is None:
         return None

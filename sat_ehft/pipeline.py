@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, write_json
 from sat_ehft.backbone import load_backbone
@@ -45,6 +44,7 @@ from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
+from sat_ehft.ranks import barrier, is_main
 from sat_ehft.tasks import Encoding, get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, resolve_precision, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
@@ -76,15 +76,6 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def is_main():
-    return not dist.is_initialized() or dist.get_rank() == 0  # no process group: a lone process
-
-
-def barrier():
-    if dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def check_writable(out):

@@ -23,6 +23,7 @@ from sat_ehft import checkpoints, metrics, objective
 from sat_ehft.atomic import write_json, write_text
 from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
 from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
+from sat_ehft.ranks import rank_and_world_size
 from sat_ehft.tracking import Trackers
 
 
@@ -135,7 +136,7 @@ def head_scores(model, features, batch_size, pad_id, device):
     was_training = model.training
     model.eval()
     starts = range(0, len(features), batch_size)
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world_size = rank_and_world_size()
     scores = {}
     for start in starts[rank::world_size]:
         batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], pad_id).items()}
@@ -347,7 +348,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)
     trackers = Trackers(files, config, rank)
     step_losses = StepLosses(progress, trackers, files, config.log_every)
-    backbone = ({n for n in trainable if is_backbone_parameter(n)}, resolve_precision(config.precision))
+    precision = resolve_precision(config.precision)
+    backbone = ({n for n in trainable if is_backbone_parameter(n)}, precision)
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
         started = time.perf_counter()
@@ -356,7 +358,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                                 f"{budget.epochs}", rank, backbone, step_callbacks)
         evaluated = time.perf_counter()
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
-                  **_skipped(engine, skipped, config),
+                  **_skipped(engine, skipped, precision),
                   **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
@@ -375,10 +377,10 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     return progress.records, cost
 
 
-def _skipped(engine, before, config):
+def _skipped(engine, before, precision):
     """With fp16, the optimizer steps the loss scaler skipped this epoch (an overflow lowers the scale; not an
     error)."""
-    return {"skipped_steps": engine.skipped_steps - before} if resolve_precision(config.precision) == "fp16" else {}
+    return {"skipped_steps": engine.skipped_steps - before} if precision == "fp16" else {}
 
 
 def _train_epoch(engine, loader, task, step_losses, description, rank, backbone, step_callbacks):
