@@ -4,7 +4,9 @@ Scores are shown as percentages (correlations x 100), as the paper prints them. 
 standard deviation over seeds (0 for a single seed). "best" is the final stage's best epoch by the
 run's selection metric; "last" its last epoch; the original code's number (a running maximum over every
 evaluation, Stage 1 included) is shown as "max all stages" and never used for the comparison.
-"collapsed" counts the seeds whose best epoch predicted a single class (or value) for the whole dev set.
+"collapsed" counts the seeds whose best epoch predicted a single class (or value) for the whole dev set;
+"train acc" is the final stage's training accuracy in its last epoch (classification tasks), which tells a
+run that could not fit its training set from one that overfit it.
 
 The paper's view (one row per method, its tasks and their Avg) takes, for a method the paper searched
 (Top-K over k, Mixout over p and LR, Child-Tuning_D over its fraction), the setting with the best mean per
@@ -35,8 +37,16 @@ def collect(out):
         rows.append({"task": result["task"], "label": label, "seed": result["seed"], "metric": result["metric"],
                      "seconds": sum(stage["seconds"] for stage in result["stages"].values()),
                      "collapsed": bool(result.get("collapsed")),
+                     "train_accuracy": final_train_accuracy(result),
                      **{score: 100 * result[score] for score in SCORES}})
     return rows
+
+
+def final_train_accuracy(result):
+    """The final stage's last-epoch training accuracy x 100; None for regression (or a result without it)."""
+    final = list(result["stages"].values())[-1]
+    accuracy = final.get("last", {}).get("train_accuracy")
+    return None if accuracy is None else 100 * accuracy
 
 
 def mean_std(values):
@@ -56,6 +66,8 @@ def aggregate(rows):
             entry[f"{score}_mean"], entry[f"{score}_std"] = mean_std([m[score] for m in members])
         entry["seconds"] = mean_std([m["seconds"] for m in members])[0]
         entry["collapsed"] = sum(m["collapsed"] for m in members)
+        accuracies = [m["train_accuracy"] for m in members if m["train_accuracy"] is not None]
+        entry["train_accuracy"] = float(np.mean(accuracies)) if accuracies else None
         summary[key] = entry
     return summary
 
@@ -92,6 +104,7 @@ def report_rows(summary, table):
         ft = summary.get((task, "ft"))
         rows.append({"task": task, "method": label, "metric": entry["metric"], "seeds": len(entry["seeds"]),
                      "collapsed": entry["collapsed"],
+                     "train_accuracy": None if entry["train_accuracy"] is None else round(entry["train_accuracy"], 2),
                      **{k: round(v, 2) for k, v in entry.items() if k.endswith(("_mean", "_std"))},
                      "paper": paper, "best_minus_paper": None if paper is None else round(entry["best_mean"] - paper, 2),
                      "seconds": round(entry["seconds"], 1),
@@ -110,13 +123,16 @@ def to_csv(rows):
 
 def to_markdown(rows, summary, missing, table):
     paper = f"paper (Table {table})" if table else "paper"
-    lines = ["| task | method | metric | seeds | collapsed | best (mean ± std) | last (mean ± std) | max all stages | "
-             f"{paper} | best − paper | seconds | time / ft |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | metric | seeds | collapsed | train acc | best (mean ± std) | last (mean ± std) | "
+             f"max all stages | {paper} | best − paper | seconds | time / ft |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = "" if row["best_minus_paper"] is None else f"{row['best_minus_paper']:+.2f}"
         versus_ft = "" if row["time_vs_ft"] is None else f"{row['time_vs_ft']:.2f}"
+        train = "" if row["train_accuracy"] is None else f"{row['train_accuracy']:.2f}"
         lines.append(f"| {row['task']} | {row['method']} | {row['metric']} | {row['seeds']} | {row['collapsed']} | "
-                     f"{row['best_mean']:.2f} ± {row['best_std']:.2f} | {row['last_mean']:.2f} ± {row['last_std']:.2f} | "
+                     f"{train} | {row['best_mean']:.2f} ± {row['best_std']:.2f} | "
+                     f"{row['last_mean']:.2f} ± {row['last_std']:.2f} | "
                      f"{row['max_over_all_stages_mean']:.2f} | {'' if row['paper'] is None else row['paper']} | {diff} | "
                      f"{row['seconds']:.0f} | {versus_ft} |")
     lines += ["", "best: the final stage's best epoch by the run's selection metric (config best_metric, by default the "
@@ -125,7 +141,8 @@ def to_markdown(rows, summary, missing, table):
               "code reported). Scores x 100; std over seeds (sample). seconds: mean wall time of a run, every "
               "stage included (model loading and evaluation too); time / ft: against plain finetuning of the "
               "same task, which gets the same total epochs. collapsed: seeds whose best epoch predicted one class "
-              "(or value) for every dev example. A searched method's paper score stands beside its best setting "
+              "(or value) for every dev example; train acc: the final stage's training accuracy in its last epoch, "
+              "mean over seeds. A searched method's paper score stands beside its best setting "
               "only.", "", *paper_view(summary, table), "## Seeds", ""]
     lines += [f"- {task} {label}: {', '.join(map(str, entry['seeds']))}" for (task, label), entry in summary.items()]
     lines += ["", "## Missing runs", ""]

@@ -8,12 +8,14 @@ from sat_ehft.paper_numbers import TABLE1, TASK_COLUMNS
 from sat_ehft.report import write_report
 
 
-def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy"):
+def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy", train_accuracy=0.9):
     folder = out / task / label.replace(" ", "__") / f"seed{seed}"
     folder.mkdir(parents=True)
     result = {"task": task, "method": label.split(" ")[0], "seed": seed, "metric": metric, "best": best / 100,
               "best_epoch": 1, "last": best / 100, "max_over_all_stages": best / 100, "collapsed": collapsed,
-              "stages": {"train": {"seconds": 10.0}}}
+              "stages": {"stage1": {"seconds": 5.0, "last": {"train_accuracy": 0.5}},
+                         "stage2": {"seconds": 10.0, "last": {} if train_accuracy is None else
+                                    {"train_accuracy": train_accuracy}}}}
     (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -60,3 +62,16 @@ def test_avg_is_the_mean_over_the_nine_tasks_as_the_paper_computes_it(grid):
     rte_only = next(line for line in view.splitlines() if line.startswith("| ft |"))
     assert rte_only.endswith("|  |")  # one task of nine: no Avg
     assert "Paper note: BitFit's CoLA 57.89 repeats the prefix-tuning row" in view
+
+
+def test_train_accuracy_is_the_final_stages_last_epoch_mean_over_seeds(tmp_path):
+    out = tmp_path / "grid"
+    write_result(out, "rte", "ft", 1, 60.0, train_accuracy=0.75)
+    write_result(out, "rte", "ft", 2, 62.0, train_accuracy=0.95)
+    write_result(out, "sts-b", "ft", 1, 80.0, metric="pearson", train_accuracy=None)  # regression: none
+    rows = {(r["task"], r["method"]): r for r in write_report(out, table="1")}
+    assert rows["rte", "ft"]["train_accuracy"] == 85.0  # not Stage 1's 50, not one seed's
+    assert rows["sts-b", "ft"]["train_accuracy"] is None
+    report = (out / "report.md").read_text()
+    assert "| rte | ft | accuracy | 2 | 0 | 85.00 | 61.00 ± 1.41 |" in report
+    assert "| sts-b | ft | pearson | 1 | 0 |  | 80.00 ± 0.00 |" in report
