@@ -40,6 +40,43 @@ def test_figure1_feature_change_is_zero_for_a_frozen_backbone(tmp_path, runs):
     assert data["mean_by_method"]["ft"] > 0.01
 
 
+def hf_head_inputs(tiny_bert, trained, features):
+    """The head's input ([CLS] of the last layer) on `features`, computed by Hugging Face's BertModel with the
+    pretrained weights overwritten by the backbone tensors of a stage's trained.pt: an independent reference."""
+    from transformers import BertModel
+
+    from sat_ehft.batching import collate
+    from sat_ehft.convert import hf_state_dict
+
+    backbone = load_backbone(tiny_bert)
+    state = backbone.model.state_dict()
+    state.update({name: value for name, value in trained.items() if name in state})
+    model = BertModel.from_pretrained(tiny_bert, add_pooling_layer=False).eval()
+    model.load_state_dict(hf_state_dict(backbone.config, state), strict=True)
+    batch = collate(features, 0)
+    with torch.no_grad():
+        hidden = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).last_hidden_state
+    return hidden[:, 0]
+
+
+def test_figure1_stage1_to_final_distance_matches_hugging_face(tmp_path, runs, tiny_bert):
+    from sat_ehft.analyze.features import encoded
+    from sat_ehft.pipeline import read_run
+
+    run = runs["ehft-bitfit-0.1"]
+    FIGURES["1"]([run, runs["ft-0.1"]], tmp_path)
+    data = written(tmp_path, "figure1_feature_change")
+    _, features = encoded(read_run(run), load_backbone(tiny_bert).load_tokenizer(), "train")
+    stage1, stage2 = (hf_head_inputs(tiny_bert, torch.load(run / s / "trained.pt", weights_only=True)["tensors"],
+                                     features) for s in ("stage1", "stage2"))
+    expected = float((stage2 - stage1).norm(dim=-1).mean())
+    assert data["runs"][str(run)]["stage1_distance"] == pytest.approx(expected, rel=1e-4)
+    # BitFit moved the features in Stage 1, so the two distances differ
+    assert data["runs"][str(run)]["stage1_distance"] != pytest.approx(data["runs"][str(run)]["distance"], rel=1e-3)
+    assert "stage1_distance" not in data["runs"][str(runs["ft-0.1"])]
+    assert set(data["stage1_mean_by_method"]) == {"ehft-bitfit"}
+
+
 def test_figure4_tsne_has_a_point_per_example(tmp_path, runs):
     FIGURES["4"]([runs["ehft-bitfit-0.1"], runs["ft-0.1"]], tmp_path)
     data = written(tmp_path, "figure4_tsne")

@@ -2,6 +2,7 @@
 
 import json
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,42 +56,68 @@ def _by_method(data):
     return {f"{entry['method']} ({Path(run).name})": entry for run, entry in data.items()}
 
 
-def _final_stage(run):
+def _stage_names(run):
     from sat_ehft.methods import get_method
     from sat_ehft.pipeline import read_run
 
-    return get_method(read_run(run).method).stages[-1].name
+    return [stage.name for stage in get_method(read_run(run).method).stages]
+
+
+def _final_stage(run):
+    return _stage_names(run)[-1]
 
 
 def feature_change(runs, out, stage=None):
     """Figure 1: L2 distance between the head's input features on the training set, pretrained backbone vs
-    the backbone each run left (its final stage, or `stage`), averaged over examples and over seeds."""
-    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
+    the backbone each run left (its final stage, or `stage`), averaged over examples and over seeds. For a
+    two-stage method also the distance between Stage 1's features (its PET module in place) and the final
+    stage's, the paper's section 2 measure (EH-FT(PT) 27.4, EH-FT(BitFit) 27.9, LP-FT 36.7)."""
     from sat_ehft.analyze.features import feature_change as distance
     from sat_ehft.pipeline import rebuild_stage_model
 
     per_run = {}
     for run in runs:
-        backbone, model, spec = rebuild_stage_model(run, stage or _final_stage(run))
+        final = stage or _final_stage(run)
+        backbone, model, spec = rebuild_stage_model(run, final)
         tokenizer = backbone.load_tokenizer()
-        _, features = encoded(spec, tokenizer, "train")
-        after, _, _ = head_inputs_and_hidden(model, features, tokenizer.pad_token_id)
+        features = partial(_head_inputs, spec=spec, tokenizer=tokenizer)
+        after = features(model)
+        per_run[str(run)] = {"method": spec.method, "task": spec.task}
+        first = _stage_names(run)[0]
+        if first != final:
+            per_run[str(run)]["stage1_distance"] = distance(features(rebuild_stage_model(run, first)[1]), after)
         _strip_to_pretrained(model, backbone)
-        before, _, _ = head_inputs_and_hidden(model, features, tokenizer.pad_token_id)
-        per_run[str(run)] = {"method": spec.method, "task": spec.task, "distance": distance(before, after)}
-    by_method = defaultdict(list)
-    for entry in per_run.values():
-        by_method[entry["method"]].append(entry["distance"])
-    data = {"runs": per_run, "mean_by_method": {m: float(np.mean(v)) for m, v in sorted(by_method.items())}}
+        per_run[str(run)]["distance"] = distance(features(model), after)
+    data = {"runs": per_run, "mean_by_method": _mean_by_method(per_run, "distance"),
+            "stage1_mean_by_method": _mean_by_method(per_run, "stage1_distance")}
 
     def draw(plt):
-        figure, axes = plt.subplots(figsize=(6, 3))
+        figure, (pretrained, stage1) = plt.subplots(1, 2, figsize=(10, 3), sharey=True)
         names = list(data["mean_by_method"])
-        axes.barh(names, [data["mean_by_method"][n] for n in names])
-        axes.set_xlabel("L2 distance of training-set features (pretrained vs finetuned)")
+        pretrained.barh(names, [data["mean_by_method"][n] for n in names])
+        pretrained.set_xlabel("pretrained vs final stage")
+        stage1.barh(names, [data["stage1_mean_by_method"].get(n, 0.0) for n in names])
+        stage1.set_xlabel("Stage 1 vs final stage (two-stage methods)")
+        figure.suptitle("L2 distance of training-set head-input features")
         return figure
 
     return _save(out, "figure1_feature_change", data, draw)
+
+
+def _head_inputs(model, spec, tokenizer):
+    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
+
+    _, features = encoded(spec, tokenizer, "train")
+    return head_inputs_and_hidden(model, features, tokenizer.pad_token_id)[0]
+
+
+def _mean_by_method(per_run, key):
+    """{method: mean of entry[key] over its runs}, for the methods whose runs have `key`."""
+    by_method = defaultdict(list)
+    for entry in per_run.values():
+        if key in entry:
+            by_method[entry["method"]].append(entry[key])
+    return {method: float(np.mean(values)) for method, values in sorted(by_method.items())}
 
 
 def _strip_to_pretrained(model, backbone):
