@@ -94,6 +94,8 @@ class Config:
     """Batch training sequences of similar length together (less padding; batches still shuffled)."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
+    eval_every: int = 1
+    """Epochs between dev evaluations, a stage's last epoch always evaluated (1: every epoch, as the paper did)."""
     best_metric: str = ""
     """The dev metric that picks the best epoch and is reported; '' for the task's first (Table 2 reports STS-B's spearman)."""
     log_every: int = 20
@@ -111,7 +113,7 @@ class Config:
 
     def __post_init__(self):
         positive = ("epochs", "lr", "max_length", "lora_r", "prefix_len", "batch_size", "micro_batch_size",
-                    "eval_batch_size", "log_every")
+                    "eval_batch_size", "eval_every", "log_every")
         zero_or_less = [name for name in positive if not getattr(self, name) > 0]
         if zero_or_less:  # checked first: the checks below divide by some of them
             raise ValueError(f"invalid config: {', '.join(zero_or_less)} must be positive")
@@ -138,6 +140,12 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def evaluated_epochs(epochs, every):
+    """The epochs (1-based) of an `epochs`-epoch stage that end with a dev evaluation: every `every`-th, and the
+    last, so that a stage always ends with its final scores."""
+    return sorted({*range(every, epochs + 1, every), epochs})
 
 
 def configs_dir():

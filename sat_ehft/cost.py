@@ -1,6 +1,6 @@
 """Where a run's wall time went (each stage's done.json `cost`), and that cost projected to other epoch counts.
 
-Training, evaluation and steps grow with the epochs; a stage checkpoints every `checkpoint_minutes` of its
+Training and steps grow with the epochs, evaluation with the epochs evaluated (eval_every); a stage checkpoints every `checkpoint_minutes` of its
 wall time and once more at its end, each checkpoint as large and as slow as the measured ones; set-up
 (loading the model, encoding or reading the data) does not grow.
 """
@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from sat_ehft.config import load_config
+from sat_ehft.config import evaluated_epochs, load_config
 from sat_ehft.methods import get_method
 
 
@@ -21,10 +21,11 @@ def stage_costs(run_folder):
     return recorded, [json.loads((run_folder / s.name / "done.json").read_text(encoding="utf-8")) for s in stages]
 
 
-def stage_figures(done, epochs, checkpoint_minutes):
-    """One stage's cost at `epochs`, from its measured done.json."""
+def stage_figures(done, epochs, checkpoint_minutes, eval_every=1):
+    """One stage's cost at `epochs`, from its measured done.json; evaluation grows with the evaluated epochs."""
     cost, scale = done["cost"], epochs / done["epochs"]
-    train, evaluation = cost["train_seconds"] * scale, cost["eval_seconds"] * scale
+    evaluations = len(evaluated_epochs(epochs, eval_every)) / len(evaluated_epochs(done["epochs"], eval_every))
+    train, evaluation = cost["train_seconds"] * scale, cost["eval_seconds"] * evaluations
     checkpoints = 1 + (math.floor((train + evaluation) / (checkpoint_minutes * 60)) if checkpoint_minutes else epochs - 1)
     checkpoints = min(checkpoints, epochs)  # at most one per epoch
     each = cost["checkpoints"] or 1
@@ -40,7 +41,8 @@ def run_figures(run_folder, total_epochs=None):
     recorded, dones = stage_costs(run_folder)
     config = load_config(overrides={**recorded["config"], **({"epochs": total_epochs} if total_epochs else {})})
     split = get_method(recorded["method"]).stage_epochs(config)
-    stages = [stage_figures(done, epochs, config.checkpoint_minutes) for done, epochs in zip(dones, split)]
+    stages = [stage_figures(done, epochs, config.checkpoint_minutes, config.eval_every)
+              for done, epochs in zip(dones, split)]
     total = {key: sum(s[key] for s in stages) for key in stages[0]}
     overhead = total["eval_seconds"] + total["checkpoint_seconds"] + total["setup_seconds"]
     total["overhead_share"] = overhead / (overhead + total["train_seconds"])

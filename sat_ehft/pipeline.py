@@ -8,7 +8,7 @@ Run folder (the contract with everything that reads results):
   run.json                     task, method, model, data, seed, config, library versions
   .lock                        held by the running process: one writer per folder
   <stage>/metrics.jsonl        one line per epoch: epoch, step, lr, train_loss, train_accuracy, head_norm, dev
-                               metrics, collapsed
+                               metrics and collapsed (on the epochs evaluated: eval_every)
   <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks), backbone_grad_norm at
                                logging points
   <stage>/tensorboard/         the same, for TensorBoard
@@ -203,10 +203,10 @@ def selection_metric(task, config):
 
 
 def summarize(task, records, config):
-    """Best (by the selection metric) and last epoch records."""
+    """Best (by the selection metric) and last epoch records, among the evaluated epochs (see eval_every)."""
     metric = selection_metric(task, config)
-    best = max(records, key=lambda r: r[metric])
-    return {"metric": metric, "best": best, "last": records[-1]}
+    evaluated = [r for r in records if metric in r]
+    return {"metric": metric, "best": max(evaluated, key=lambda r: r[metric]), "last": evaluated[-1]}
 
 
 def run_encoding(spec):
@@ -364,14 +364,15 @@ def write_result(spec, out, method):
     if not all(stages):
         return None
     final, metric = stages[-1], stages[-1]["metric"]
-    every_epoch = [r[metric] for s in method.stages
-                   for r in map(json.loads, (Path(out) / s.name / "metrics.jsonl").read_text().splitlines())]
+    every_evaluation = [r[metric] for s in method.stages
+                        for r in map(json.loads, (Path(out) / s.name / "metrics.jsonl").read_text().splitlines())
+                        if metric in r]
     result = {"task": spec.task, "method": spec.method, "seed": spec.seed, "metric": metric,
               "best": final["best"][metric], "best_epoch": final["best"]["epoch"], "last": final["last"][metric],
               # the best epoch predicted one class for every dev example (or one value): a failed run
               "collapsed": final["best"].get("collapsed"),
               # The original code reported this: a running maximum over every evaluation, Stage 1's included.
-              "max_over_all_stages": max(every_epoch),
+              "max_over_all_stages": max(every_evaluation),
               "stages": {s.name: done for s, done in zip(method.stages, stages)}}
     if is_main():
         write_json(Path(out) / "result.json", result)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from sat_ehft import checkpoints, metrics, objective
 from sat_ehft.atomic import write_json, write_text
 from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
+from sat_ehft.config import evaluated_epochs
 from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
 from sat_ehft.ranks import rank_and_world_size
 from sat_ehft.tracking import Trackers
@@ -326,8 +327,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     """Train `model` for `budget`; return (per-epoch records, cost: seconds spent training, evaluating and
     checkpointing, checkpoint bytes written).
 
-    After every epoch: dev metrics, then metrics.jsonl and train_loss.jsonl rewritten atomically, then a
-    checkpoint in `files.checkpoints` when `config.checkpoint_minutes` have passed since the last one (and
+    After every epoch: dev metrics (every `config.eval_every` epochs and after the last), then metrics.jsonl
+    and train_loss.jsonl rewritten atomically, then a checkpoint in `files.checkpoints` when `config.checkpoint_minutes` have passed since the last one (and
     after the last epoch; see sat_ehft.checkpoints), then each callback gets (model, record). A rerun with the
     same arguments resumes after the last checkpoint and ends as an uninterrupted run would. A NaN loss
     raises NonFiniteLoss when read (every `config.log_every` steps, see StepLosses) and leaves the last good
@@ -350,6 +351,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     step_losses = StepLosses(progress, trackers, files, config.log_every)
     precision = resolve_precision(config.precision)
     backbone = ({n for n in trainable if is_backbone_parameter(n)}, precision)
+    evaluation_epochs = evaluated_epochs(budget.epochs, config.eval_every)
     for epoch in range(progress.epoch, budget.epochs):
         sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
         started = time.perf_counter()
@@ -357,9 +359,10 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
         training = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
                                 f"{budget.epochs}", rank, backbone, step_callbacks)
         evaluated = time.perf_counter()
+        dev = (evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)
+               if epoch + 1 in evaluation_epochs else {})
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
-                  **_skipped(engine, skipped, precision),
-                  **evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)}
+                  **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
         progress.epoch, progress.records = epoch + 1, progress.records + [record]

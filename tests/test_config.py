@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 
 from sat_ehft import config as config_module
-from sat_ehft.config import Config, load_config, parse_overrides
+from sat_ehft.config import FIELDS, Config, load_config, parse_overrides
 from sat_ehft.tasks import TASKS
 
 EPOCHS = {"rte": 60, "mrpc": 60, "boolq": 40, "wic": 40, "cb": 400, "copa": 400, "qnli": 10, "cola": 20, "sts-b": 20}
@@ -45,6 +45,22 @@ def readme_recipe_table():
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
     names = ("none", "original", "paper")
     return {cells[0].strip(" `"): {n: yaml.safe_load(c.strip(" `")) for n, c in zip(names, cells[1:])} for cells in rows}
+
+
+def test_the_readme_documents_every_config_key_with_its_default():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Config keys"):]
+    cells = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    keys = {key.strip(" `") for row in cells for key in row[1].split(",")}  # a row may name a few keys
+    assert keys | set(readme_recipe_table()) == set(FIELDS) and keys <= set(FIELDS)  # none missing, none stale
+    defaults = Config()
+    rows = {row[1].strip(" `"): row[2].strip() for row in cells if "," not in row[1]}
+    for key, documented in rows.items():
+        value = getattr(defaults, key)
+        if isinstance(value, bool):
+            assert documented == str(value).lower(), key
+        elif isinstance(value, (int, float)):
+            assert float(documented) == value, key
 
 
 def test_each_recipe_resolves_to_the_readme_table():

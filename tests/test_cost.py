@@ -22,6 +22,8 @@ def test_a_stage_projects_training_and_evaluation_linearly_and_checkpoints_by_wa
         "checkpoint_seconds": 4.0, "checkpoint_bytes": 200.0, "setup_seconds": 5.0}
     assert stage_figures(done, 10, checkpoint_minutes=0)["checkpoints"] == 10  # every epoch
     assert stage_figures(done, 3, checkpoint_minutes=0.01)["checkpoints"] == 3  # never more than one per epoch
+    # measured: 2 epochs, evaluated once (the last); projected: epochs 4, 8 and the last of 10
+    assert stage_figures(done, 10, checkpoint_minutes=30, eval_every=4)["eval_seconds"] == 180.0
 
 
 def test_a_finished_run_is_summed_over_its_stages_and_projected_as_the_method_splits_epochs(tmp_path, tiny_bert,

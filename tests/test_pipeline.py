@@ -19,6 +19,20 @@ def spec_for(method, tiny_bert, rte_dir, **changes):
                    config=Config(**{**CONFIG.__dict__, **changes}))
 
 
+def test_eval_every_scores_every_nth_epoch_and_the_last_and_picks_the_best_among_them(tmp_path, tiny_bert, rte_dir):
+    folder = tmp_path / "run"
+    result = run(spec_for("lp-ft", tiny_bert, rte_dir, epochs=6, stage1_share=0.34, eval_every=3), folder,
+                 log=lambda line: None)
+    logs = {stage: [json.loads(line) for line in (folder / stage / "metrics.jsonl").read_text().splitlines()]
+            for stage in ("stage1", "stage2")}
+    assert [r["epoch"] for r in logs["stage1"] if "accuracy" in r] == [2]  # 2 epochs: only the last
+    assert [r["epoch"] for r in logs["stage2"] if "accuracy" in r] == [3, 4]  # 4 epochs: the 3rd and the last
+    assert all("train_loss" in r for records in logs.values() for r in records)
+    scores = [r["accuracy"] for r in logs["stage2"] if "accuracy" in r]
+    assert result["best"] == max(scores) and result["last"] == scores[-1]
+    assert result["max_over_all_stages"] == max(scores + [logs["stage1"][-1]["accuracy"]])
+
+
 @pytest.mark.parametrize("method", ["ft", "lp-ft", "ehft-bitfit", "ehft-lora", "ehft-prefix", "mixout", "child-tuning-d"])
 def test_methods_run_end_to_end(tmp_path, tiny_bert, rte_dir, method):
     result = run(spec_for(method, tiny_bert, rte_dir), tmp_path / "run", log=lambda line: None)
