@@ -153,13 +153,20 @@ def cmd_bench(args):
     print(bench.table(result))
 
 
+def positive_int(text):
+    """argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def cmd_cost(args):
     from sat_ehft.config import configs_dir, load_config
     from sat_ehft.cost import table
 
     tasks = {json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))["task"] for run in args.runs}
     paper_epochs = {task: load_config(configs_dir() / f"{task}.yaml").epochs for task in tasks}
-    print(table(args.runs, paper_epochs))
+    print(table(args.runs, paper_epochs, args.eval_every))
 
 
 def registered(registry):
@@ -287,6 +294,8 @@ def build_parser():
 
     cost = commands.add_parser("cost", help="where finished runs' time went, projected to the paper's epochs")
     cost.add_argument("runs", nargs="+", help="run folders (each projected to configs/TASK.yaml's epochs)")
+    cost.add_argument("--eval-every", type=positive_int, default=None,
+                      help="project as if the runs evaluated every N epochs (and at each stage's end)")
     cost.set_defaults(func=cmd_cost)
     return parser
 

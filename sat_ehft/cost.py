@@ -21,10 +21,12 @@ def stage_costs(run_folder):
     return recorded, [json.loads((run_folder / s.name / "done.json").read_text(encoding="utf-8")) for s in stages]
 
 
-def stage_figures(done, epochs, checkpoint_minutes, eval_every=1):
-    """One stage's cost at `epochs`, from its measured done.json; evaluation grows with the evaluated epochs."""
+def stage_figures(done, epochs, checkpoint_minutes, measured_every=1, eval_every=None):
+    """One stage's cost at `epochs`, from its done.json measured evaluating every `measured_every` epochs;
+    evaluation grows with the epochs evaluated, every `eval_every` (by default as measured) and the last."""
     cost, scale = done["cost"], epochs / done["epochs"]
-    evaluations = len(evaluated_epochs(epochs, eval_every)) / len(evaluated_epochs(done["epochs"], eval_every))
+    evaluations = (len(evaluated_epochs(epochs, eval_every or measured_every))
+                   / len(evaluated_epochs(done["epochs"], measured_every)))
     train, evaluation = cost["train_seconds"] * scale, cost["eval_seconds"] * evaluations
     checkpoints = 1 + (math.floor((train + evaluation) / (checkpoint_minutes * 60)) if checkpoint_minutes else epochs - 1)
     checkpoints = min(checkpoints, epochs)  # at most one per epoch
@@ -35,13 +37,13 @@ def stage_figures(done, epochs, checkpoint_minutes, eval_every=1):
             "checkpoint_bytes": cost["checkpoint_bytes"] / each * checkpoints, "setup_seconds": cost["setup_seconds"]}
 
 
-def run_figures(run_folder, total_epochs=None):
+def run_figures(run_folder, total_epochs=None, eval_every=None):
     """A run's summed cost over its stages, at its own epochs or projected to `total_epochs` (split between
-    the stages as the method splits them)."""
+    the stages as the method splits them), evaluating as it did or every `eval_every` epochs."""
     recorded, dones = stage_costs(run_folder)
     config = load_config(overrides={**recorded["config"], **({"epochs": total_epochs} if total_epochs else {})})
     split = get_method(recorded["method"]).stage_epochs(config)
-    stages = [stage_figures(done, epochs, config.checkpoint_minutes, config.eval_every)
+    stages = [stage_figures(done, epochs, config.checkpoint_minutes, config.eval_every, eval_every)
               for done, epochs in zip(dones, split)]
     total = {key: sum(s[key] for s in stages) for key in stages[0]}
     overhead = total["eval_seconds"] + total["checkpoint_seconds"] + total["setup_seconds"]
@@ -50,13 +52,14 @@ def run_figures(run_folder, total_epochs=None):
             **total}
 
 
-def table(run_folders, paper_epochs):
-    """Markdown: each run's measured cost, projected to `paper_epochs` ({task: epochs}) of its task."""
+def table(run_folders, paper_epochs, eval_every=None):
+    """Markdown: each run's measured cost, projected to `paper_epochs` ({task: epochs}) of its task (and to
+    an evaluation every `eval_every` epochs, if given)."""
     rows = ["| task | method | epochs measured -> projected | steps | training s | evaluation s | checkpoints "
             "(s, MB) | set-up s | eval + checkpoint + set-up |", "|---|---|---|---|---|---|---|---|---|"]
     for folder in run_folders:
         measured = run_figures(folder)
-        figures = run_figures(folder, paper_epochs[measured["task"]])
+        figures = run_figures(folder, paper_epochs[measured["task"]], eval_every)
         rows.append(f"| {figures['task']} | {figures['method']} | {measured['measured_epochs']} -> {figures['epochs']} | "
                     f"{figures['steps']} | {figures['train_seconds']:.0f} | {figures['eval_seconds']:.0f} | "
                     f"{figures['checkpoints']} ({figures['checkpoint_seconds']:.1f}, "

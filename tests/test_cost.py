@@ -23,7 +23,9 @@ def test_a_stage_projects_training_and_evaluation_linearly_and_checkpoints_by_wa
     assert stage_figures(done, 10, checkpoint_minutes=0)["checkpoints"] == 10  # every epoch
     assert stage_figures(done, 3, checkpoint_minutes=0.01)["checkpoints"] == 3  # never more than one per epoch
     # measured: 2 epochs, evaluated once (the last); projected: epochs 4, 8 and the last of 10
-    assert stage_figures(done, 10, checkpoint_minutes=30, eval_every=4)["eval_seconds"] == 180.0
+    assert stage_figures(done, 10, checkpoint_minutes=30, measured_every=4)["eval_seconds"] == 180.0
+    # measured: both epochs evaluated (30 s each); projected to every 4th: 3 evaluations
+    assert stage_figures(done, 10, checkpoint_minutes=30, eval_every=4)["eval_seconds"] == 90.0
 
 
 def test_a_finished_run_is_summed_over_its_stages_and_projected_as_the_method_splits_epochs(tmp_path, tiny_bert,
@@ -43,5 +45,14 @@ def test_a_finished_run_is_summed_over_its_stages_and_projected_as_the_method_sp
     assert projected["checkpoint_bytes"] == pytest.approx(
         sum(d["cost"]["checkpoint_bytes"] / d["cost"]["checkpoints"] * e for d, e in zip(dones, split)))
     assert projected["setup_seconds"] == pytest.approx(sum(d["cost"]["setup_seconds"] for d in dones))
+    every_other = run_figures(folder, 40, eval_every=2)
+    assert every_other["eval_seconds"] == pytest.approx(sum(d["cost"]["eval_seconds"] / d["epochs"] * -(-e // 2)
+                                                            for d, e in zip(dones, split)))
+    assert every_other["train_seconds"] == projected["train_seconds"]
     assert main(["cost", str(folder)]) == 0
     assert "| rte | ehft-bitfit | 4 -> 60 |" in capsys.readouterr().out  # configs/rte.yaml: 60 epochs
+    assert main(["cost", str(folder), "--eval-every", "2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| rte |"))
+    assert f"| {run_figures(folder, 60, eval_every=2)['eval_seconds']:.0f} |" in row
+    with pytest.raises(SystemExit):
+        main(["cost", str(folder), "--eval-every", "0"])
