@@ -1,8 +1,8 @@
 """Where a run's wall time went (each stage's done.json `cost`), and that cost projected to other epoch counts.
 
-Training and steps grow with the epochs, evaluation with the epochs evaluated (eval_every); a stage checkpoints every `checkpoint_minutes` of its
-wall time and once more at its end, each checkpoint as large and as slow as the measured ones; set-up
-(loading the model, encoding or reading the data) does not grow.
+Training and steps grow with the epochs, evaluation with the epochs evaluated (eval_every); a stage
+checkpoints every `checkpoint_minutes` of its wall time and once more at its end, each checkpoint as large and
+as slow as the measured ones; set-up (loading the model, encoding or reading the data) does not grow.
 """
 
 import json
