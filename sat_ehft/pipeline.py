@@ -38,6 +38,7 @@ import torch
 from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
+from sat_ehft.config import Config
 from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
 from sat_ehft.encoded_cache import encoded_split
 from sat_ehft.folders import tokenizer_folder
@@ -86,13 +87,17 @@ def check_writable(out):
 
 
 def check_run_folder(spec, out):
-    """Refuse a run folder whose run.json describes another run."""
+    """Refuse a run folder whose run.json describes another run. A config key the run.json lacks was added to
+    Config after the run started; it counts as its default, since a new key's default keeps the behaviour
+    from before it existed (so a grid started on an older version still resumes)."""
     path = Path(out) / "run.json"
     if not path.is_file():
         return
     wanted, recorded = described(spec), json.loads(path.read_text(encoding="utf-8"))
     differing = [k for k in wanted if k != "config" and wanted[k] != recorded.get(k)]
-    differing += [f"config.{k}" for k, v in wanted["config"].items() if v != recorded["config"].get(k)]
+    defaults = described(dataclasses.replace(spec, config=Config()))["config"]
+    recorded_config = {**defaults, **recorded["config"]}
+    differing += [f"config.{k}" for k, v in wanted["config"].items() if v != recorded_config.get(k)]
     if differing:
         raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}); "
                          "use a new --out")

@@ -83,6 +83,14 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(tmp_path, tiny_b
     assert (tmp_path / "stage1" / "done.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"run\.json: this folder belongs to another run \(differs in seed, config\.lr\)"):
         run(RunSpec(**{**spec.__dict__, "seed": 4, "config": Config(**{**CONFIG.__dict__, "lr": 2e-3})}), tmp_path)
+    # a run.json written before a config key existed: the key counts as its default
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    del recorded["config"]["eval_every"], recorded["config"]["recipe"]
+    (tmp_path / "run.json").write_text(json.dumps(recorded))
+    run(spec, tmp_path, log=lines.append)
+    assert lines[-1] == "ehft-bitfit stage2: already finished, skipped"
+    with pytest.raises(ValueError, match=r"another run \(differs in config\.eval_every\)"):
+        run(RunSpec(**{**spec.__dict__, "config": Config(**{**CONFIG.__dict__, "eval_every": 2})}), tmp_path)
     done = tmp_path / "stage1" / "done.json"
     done.write_text(done.read_text()[:40])  # damaged after it was written
     with pytest.raises(ValueError, match=f"{done}: unreadable .*; delete it and rerun: that stage is trained again"):
