@@ -89,7 +89,8 @@ def check_writable(out):
 def check_run_folder(spec, out):
     """Refuse a run folder whose run.json describes another run. A config key the run.json lacks was added to
     Config after the run started; it counts as its default, since a new key's default keeps the behaviour
-    from before it existed (so a grid started on an older version still resumes)."""
+    from before it existed (`unpad` computes the same function in another floating-point order), so a grid
+    started on an older version still resumes."""
     path = Path(out) / "run.json"
     if not path.is_file():
         return
