@@ -2,7 +2,6 @@
 
 import json
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +71,7 @@ def feature_change(runs, out, stage=None):
     the backbone each run left (its final stage, or `stage`), averaged over examples and over seeds. For a
     two-stage method also the distance between Stage 1's features (its PET module in place) and the final
     stage's, the paper's section 2 measure (EH-FT(PT) 27.4, EH-FT(BitFit) 27.9, LP-FT 36.7)."""
+    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
     from sat_ehft.analyze.features import feature_change as distance
     from sat_ehft.pipeline import rebuild_stage_model
 
@@ -80,14 +80,16 @@ def feature_change(runs, out, stage=None):
         final = stage or _final_stage(run)
         backbone, model, spec = rebuild_stage_model(run, final)
         tokenizer = backbone.load_tokenizer()
-        features = partial(_head_inputs, spec=spec, tokenizer=tokenizer)
-        after = features(model)
+        _, train = encoded(spec, tokenizer, "train")  # once per run, scored by up to three models
+        after = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
         per_run[str(run)] = {"method": spec.method, "task": spec.task}
         first = _stage_names(run)[0]
         if first != final:
-            per_run[str(run)]["stage1_distance"] = distance(features(rebuild_stage_model(run, first)[1]), after)
+            stage1 = head_inputs_and_hidden(rebuild_stage_model(run, first)[1], train, tokenizer.pad_token_id)[0]
+            per_run[str(run)]["stage1_distance"] = distance(stage1, after)
         _strip_to_pretrained(model, backbone)
-        per_run[str(run)]["distance"] = distance(features(model), after)
+        before = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
+        per_run[str(run)]["distance"] = distance(before, after)
     data = {"runs": per_run, "mean_by_method": _mean_by_method(per_run, "distance"),
             "stage1_mean_by_method": _mean_by_method(per_run, "stage1_distance")}
 
@@ -102,13 +104,6 @@ def feature_change(runs, out, stage=None):
         return figure
 
     return _save(out, "figure1_feature_change", data, draw)
-
-
-def _head_inputs(model, spec, tokenizer):
-    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
-
-    _, features = encoded(spec, tokenizer, "train")
-    return head_inputs_and_hidden(model, features, tokenizer.pad_token_id)[0]
 
 
 def _mean_by_method(per_run, key):
