@@ -43,9 +43,9 @@ def collect(out):
 
 
 def final_train_accuracy(result):
-    """The final stage's last-epoch training accuracy x 100; None for regression (or a result without it)."""
+    """The final stage's last-epoch training accuracy x 100; None for regression (and runs older than it)."""
     final = list(result["stages"].values())[-1]
-    accuracy = final.get("last", {}).get("train_accuracy")
+    accuracy = final["last"].get("train_accuracy")
     return None if accuracy is None else 100 * accuracy
 
 
