@@ -150,13 +150,23 @@ def head_scores(model, features, batch_size, pad_id, device):
     return torch.cat([scores[start] for start in starts])
 
 
-def evaluate(model, task, features, batch_size, pad_id, device):
-    """{metric: value, 'collapsed': bool} of `model` on encoded, labelled `features` (each rank scores its
-    share, see head_scores). collapsed: every example got the same class (regression: predictions spread
-    less than 1% of the labels' standard deviation), the signature of a failed run."""
-    predictions = objective.predict(head_scores(model, features, batch_size, pad_id, device), task.objective).numpy()
+def predict_features(model, task, features, batch_size, pad_id, device):
+    """`model`'s predictions (class indices, a COPA question's choice, or regression scores) for encoded
+    `features`, in order, as a numpy array (each rank scores its share, see head_scores)."""
+    return objective.predict(head_scores(model, features, batch_size, pad_id, device), task.objective).numpy()
+
+
+def score(task, predictions, features):
+    """{metric: value, 'collapsed': bool} of `predictions` against labelled `features`. collapsed: every
+    example got the same class (regression: predictions spread less than 1% of the labels' standard
+    deviation), the signature of a failed run."""
     gold = [f["label"] for f in features]
     return {**metrics.compute(task.metrics, predictions, gold), "collapsed": collapsed(predictions, gold, task)}
+
+
+def evaluate(model, task, features, batch_size, pad_id, device):
+    """score() of `model`'s predictions for labelled `features`."""
+    return score(task, predict_features(model, task, features, batch_size, pad_id, device), features)
 
 
 def collapsed(predictions, gold, task):
@@ -189,21 +199,28 @@ class StageFiles:
         return self.folder / "cost.json"
 
     @property
+    def predictions(self):
+        return self.folder / "dev_predictions.json"
+
+    @property
     def tensorboard(self):
         return self.folder / "tensorboard"
 
 
 class _Progress:
-    """The resumable state of a stage: finished epochs, their records, the per-step losses."""
+    """The resumable state of a stage: finished epochs, their records, the per-step losses, and the dev
+    predictions of each evaluated epoch ({"epoch number": [prediction per dev example]})."""
 
     def __init__(self, state=None):
         state = state or {}
         self.epoch = state.get("epoch", 0)
         self.records = state.get("records", [])
         self.step_losses = state.get("step_losses", [])
+        self.predictions = state.get("predictions", {})
 
     def client_state(self):
         return {"epoch": self.epoch, "records": self.records, "step_losses": self.step_losses,
+                "predictions": self.predictions,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
@@ -212,13 +229,15 @@ def _write_jsonl(path, rows):
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _write_logs(files, progress, rank):
+def _write_logs(files, progress, rank, gold):
     if rank == 0:
         _write_jsonl(files.metrics, progress.records)
         _write_jsonl(files.steps, progress.step_losses)
+        # what a run's bootstrap interval resamples (sat_ehft.stats): gold and predictions per dev example
+        write_text(files.predictions, json.dumps({"gold": gold, "epochs": progress.predictions}) + "\n")
 
 
-def _restore(engine, files, trainable, rank):
+def _restore(engine, files, trainable, rank, gold):
     """Resume from the newest whole checkpoint, if any: weights, optimizer, LR schedule, RNG, logs. Says so."""
     report = partial(print, flush=True) if rank == 0 else (lambda message: None)
     state = checkpoints.restore(engine, files.checkpoints, trainable, report=report)
@@ -229,7 +248,7 @@ def _restore(engine, files, trainable, rank):
         torch.cuda.set_rng_state(state["cuda_rng"])
     report(f"{files.folder.name}: resumed after epoch {state['epoch']} from {files.checkpoints}")
     progress = _Progress(state)
-    _write_logs(files, progress, rank)  # drops epochs logged after that checkpoint: they train again
+    _write_logs(files, progress, rank, gold)  # drops epochs logged after that checkpoint: they train again
     return progress
 
 
@@ -346,7 +365,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     optimizer = make_optimizer(model, trainable, budget.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[config.lr_schedule](total_steps, config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    progress, cost = _restore(engine, files, trainable, rank), _read_cost(files)
+    gold = [f["label"] for f in dev_features]
+    progress, cost = _restore(engine, files, trainable, rank, gold), _read_cost(files)
     policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)
     trackers = Trackers(files, config, rank)
     step_losses = StepLosses(progress, trackers, files, config.log_every)
@@ -360,14 +380,18 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
         training = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
                                 f"{budget.epochs}", rank, backbone, step_callbacks)
         evaluated = time.perf_counter()
-        dev = (evaluate(engine.module, task, dev_features, config.eval_batch_size, pad_id, engine.device)
-               if epoch + 1 in evaluation_epochs else {})
+        dev = {}
+        if epoch + 1 in evaluation_epochs:
+            predictions = predict_features(engine.module, task, dev_features, config.eval_batch_size, pad_id,
+                                           engine.device)
+            dev = score(task, predictions, dev_features)
+            progress.predictions = {**progress.predictions, str(epoch + 1): predictions.tolist()}
         record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
                   **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
         progress.epoch, progress.records = epoch + 1, progress.records + [record]
-        _write_logs(files, progress, rank)
+        _write_logs(files, progress, rank, gold)
         if policy.due(epoch + 1):
             _save(engine, files, progress, cost)
             policy.saved()

@@ -62,6 +62,20 @@ def test_dev_metrics_equal_the_runs_last_epoch(runs, name):
 
 
 @pytest.mark.parametrize("name", ["rte", "cb", "copa", "sts-b"])
+def test_the_runs_kept_dev_predictions_are_its_last_epochs_one_per_example(runs, name):
+    """What the report's bootstrap resamples: one prediction per dev example (a COPA question, not a choice),
+    the ones `predict` makes with the final weights, and the gold labels in the file's order."""
+    predictions = predict(load_classifier(runs[name]), "dev")
+    final = list(json.loads((runs[name] / "result.json").read_text())["stages"])[-1]
+    kept = json.loads((runs[name] / final / "dev_predictions.json").read_text())
+    examples = get_task(name).read(runs[name].parent / "data", "dev")
+    assert kept["gold"] == [e.label for e in examples]
+    last = kept["epochs"][str(final_stage_last(runs[name])["epoch"])]
+    assert len(last) == len(examples)
+    assert last == pytest.approx(predictions.predicted.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rte", "cb", "copa", "sts-b"])
 def test_jsonl_rows_agree_with_the_metrics(runs, name, tmp_path):
     predictions = predict(load_classifier(runs[name]), "dev")
     path = write_predictions(predictions, tmp_path / "dev.jsonl", "jsonl")

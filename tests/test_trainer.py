@@ -50,6 +50,11 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
     assert logged[-1]["accuracy"] == pytest.approx(metrics.accuracy(predicted.numpy(), batch["labels"].numpy()))
     assert evaluate(model, task, dev, 7, minilm_tokenizer.pad_token_id, "cpu") == {
         "accuracy": logged[-1]["accuracy"], "collapsed": len(set(predicted.tolist())) == 1}
+    # Every evaluated epoch's dev predictions are kept with the gold labels (what a bootstrap resamples).
+    kept = json.loads((tmp_path / "stage" / "dev_predictions.json").read_text())
+    assert kept["gold"] == batch["labels"].tolist() and sorted(kept["epochs"]) == ["1", "2", "3"]
+    assert kept["epochs"]["3"] == predicted.tolist()
+    assert all(metrics.accuracy(kept["epochs"][str(r["epoch"])], kept["gold"]) == r["accuracy"] for r in logged)
     with torch.no_grad():  # a head that answers "not entailment" whatever the input: a collapsed run
         model.get_mixin("head").out.weight.zero_()
         model.get_mixin("head").out.bias.fill_(5.0)
@@ -154,6 +159,7 @@ def test_interrupted_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_path, rt
     assert f"cut: resumed after epoch 2 from {tmp_path / 'cut' / 'checkpoint'}" in capsys.readouterr().out
     assert epochs_run == [3]  # resumed, not restarted: only the missing epoch trained
     assert resumed_records == whole_records
+    assert (tmp_path / "cut" / "dev_predictions.json").read_text() == (tmp_path / "whole" / "dev_predictions.json").read_text()
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     steps = [json.loads(line) for line in (tmp_path / "cut" / "train_loss.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 10))
