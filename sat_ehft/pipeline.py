@@ -12,6 +12,7 @@ Run folder (the contract with everything that reads results):
   <stage>/train_loss.jsonl     one line per optimizer step: step, loss (mean over ranks), backbone_grad_norm at
                                logging points
   <stage>/tensorboard/         the same, for TensorBoard
+  <stage>/dev_predictions.json gold labels and each evaluated epoch's dev predictions (report's bootstrap)
   <stage>/cost.json            seconds spent training, evaluating, checkpointing; checkpoint bytes (every start)
   <stage>/checkpoint/          the last resumable checkpoint (sat_ehft.checkpoints; removed when the stage ends)
   <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id + origin
@@ -38,30 +39,17 @@ import torch
 from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
-from sat_ehft.config import Config
 from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
 from sat_ehft.encoded_cache import encoded_split
 from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
+from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.ranks import barrier, is_main
 from sat_ehft.tasks import Encoding, get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, resolve_precision, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    task: str
-    method: str
-    model: str  # SAT folder, HF folder or model name
-    data_dir: str  # official files; None reads the task from the Hugging Face hub
-    seed: int
-    config: object  # sat_ehft.config.Config
-
-    def describe(self):
-        return {**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)}
 
 
 def versions():
@@ -87,18 +75,11 @@ def check_writable(out):
 
 
 def check_run_folder(spec, out):
-    """Refuse a run folder whose run.json describes another run. A config key the run.json lacks was added to
-    Config after the run started; it counts as its default, since a new key's default keeps the behaviour
-    from before it existed (`unpad` computes the same function in another floating-point order), so a grid
-    started on an older version still resumes."""
+    """Refuse a run folder whose run.json describes another run (sat_ehft.runspec.differing_keys)."""
     path = Path(out) / "run.json"
     if not path.is_file():
         return
-    wanted, recorded = described(spec), json.loads(path.read_text(encoding="utf-8"))
-    differing = [k for k in wanted if k != "config" and wanted[k] != recorded.get(k)]
-    defaults = described(dataclasses.replace(spec, config=Config()))["config"]
-    recorded_config = {**defaults, **recorded["config"]}
-    differing += [f"config.{k}" for k, v in wanted["config"].items() if v != recorded_config.get(k)]
+    differing = differing_keys(spec, json.loads(path.read_text(encoding="utf-8")))
     if differing:
         raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}); "
                          "use a new --out")
@@ -110,10 +91,6 @@ def record_run(spec, out):
     path = Path(out) / "run.json"
     if is_main() and not path.is_file():
         write_json(path, {**described(spec), "versions": versions()})
-
-
-def described(spec):
-    return json.loads(json.dumps(spec.describe()))  # as it reads back from JSON (tuples become lists)
 
 
 @contextmanager

@@ -64,6 +64,14 @@ class GridSettings:
         for run in runs:
             get_method(run.method).check(load_config(self.config_file(run), parse_overrides(self.overrides(run))))
 
+    def spec(self, run):
+        """The RunSpec `sat-ehft train` records for `run` (its run.json)."""
+        from sat_ehft.config import load_config, parse_overrides
+        from sat_ehft.runspec import RunSpec
+
+        return RunSpec(task=run.task, method=run.method, model=self.model, data_dir=self.data_dir, seed=run.seed,
+                       config=load_config(self.config_file(run), parse_overrides(self.overrides(run))))
+
     def train_args(self, run, out):
         return ["train", "--task", run.task, "--method", run.method, "--model", self.model,
                 "--data-dir", self.data_dir, "--seed", str(run.seed), "--out", str(run.folder(out)),
@@ -94,6 +102,24 @@ def make_grid(tasks, methods, seeds, vary=None):
 
 def is_finished(run, out):
     return (run.folder(out) / "result.json").is_file()
+
+
+def check_not_stale(out, runs, settings):
+    """Refuse a grid whose run folders (finished or started) were run with another config, model or data than
+    this sweep would use: a grid holds one setting per run, and a finished run would otherwise be counted
+    as done under settings it never ran with."""
+    from sat_ehft.runspec import differing_keys
+
+    stale = []
+    for run in runs:
+        recorded = run.folder(out) / "run.json"
+        if recorded.is_file():
+            differing = differing_keys(settings.spec(run), json.loads(recorded.read_text(encoding="utf-8")))
+            stale += [f"{run.folder(out)} (differs in {', '.join(differing)})"] if differing else []
+    if stale:
+        listed = "; ".join(stale[:5]) + (f"; and {len(stale) - 5} more" if len(stale) > 5 else "")
+        raise ValueError(f"{len(stale)} run folder(s) in {out} were run with other settings than this sweep's: "
+                         f"{listed}. Use a new --out, or delete those folders to run them again")
 
 
 def write_grid(out, runs, settings):
@@ -128,7 +154,9 @@ def _run_one(run, out, settings, device, log):
 
 
 def run_grid(out, runs, settings, workers=None, devices=None, log=print):
-    """Run every unfinished run, `workers` at a time; returns the runs that did not finish."""
+    """Run every unfinished run, `workers` at a time; returns the runs that did not finish. Refuses (before
+    anything runs) a grid holding runs of other settings (check_not_stale)."""
+    check_not_stale(out, runs, settings)
     write_grid(out, runs, settings)
     pending = [r for r in runs if not is_finished(r, out)]
     log(f"{len(runs) - len(pending)} of {len(runs)} runs already finished; {len(pending)} to go")

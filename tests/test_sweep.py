@@ -131,3 +131,26 @@ def test_sweep_checks_every_run_before_writing_anything(tmp_path, tiny_bert, gri
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "grid").exists()
+
+
+def test_a_grid_refuses_runs_of_other_settings_before_running_anything(tmp_path, tiny_bert, grid_inputs):
+    from sat_ehft.runspec import described
+
+    data, configs = grid_inputs
+    runs = make_grid(["rte"], ["ft"], [1, 2])
+    settings = GridSettings(model=str(tiny_bert), data_dir=str(data), config_dir=str(configs))
+    for run in runs:  # both runs finished under this config (their run.json as `sat-ehft train` writes it)
+        run.folder(tmp_path).mkdir(parents=True)
+        (run.folder(tmp_path) / "run.json").write_text(json.dumps(described(settings.spec(run))))
+        (run.folder(tmp_path) / "result.json").write_text("{}")
+    lines = []
+    assert run_grid(tmp_path, runs, settings, log=lines.append) == [] and lines == ["2 of 2 runs already finished; 0 to go"]
+    grid = (tmp_path / "grid.json").read_text()
+    changed = GridSettings(model=str(tiny_bert), data_dir=str(data), config_dir=str(configs), sets=("lr=2e-3",))
+    with pytest.raises(ValueError, match=r"2 run folder\(s\) in .* were run with other settings than this sweep's: "
+                                         r".*rte/ft/seed1 \(differs in config.lr\)"):
+        run_grid(tmp_path, runs, changed, log=lines.append)
+    (configs / "rte.yaml").write_text(SMALL + "clip_grad: 0.5\n")  # a changed config file, as a recipe change would
+    with pytest.raises(ValueError, match=r"seed2 \(differs in config.clip_grad\)"):
+        run_grid(tmp_path, runs, settings, log=lines.append)
+    assert (tmp_path / "grid.json").read_text() == grid and len(lines) == 1  # nothing rewritten, nothing run
