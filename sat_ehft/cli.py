@@ -122,7 +122,7 @@ def cmd_sweep(args):
 def cmd_report(args):
     from sat_ehft.report import write_report
 
-    rows = write_report(args.out, table=args.table)
+    rows = write_report(args.out, table=args.table, baseline=args.baseline)
     print(f"wrote {args.out}/report.md and report.csv ({len(rows)} task x method rows)")
 
 
@@ -264,6 +264,9 @@ def build_parser():
     report = commands.add_parser("report", help="report.md and report.csv of a grid folder")
     report.add_argument("out", help="grid folder written by sat-ehft sweep (or any folder of run folders)")
     report.add_argument("--table", default="1", choices=["1", "2", "3", "4"], help="the paper's table to compare with")
+    report.add_argument("--baseline", metavar="METHOD",
+                        help="compare every method with this one (e.g. ft): difference over seeds, 95%% interval, "
+                             "permutation p-value")
     report.set_defaults(func=cmd_report)
 
     analyze = commands.add_parser("analyze", help="a figure of the paper from run folders (PNG + JSON)")

@@ -11,6 +11,11 @@ run that could not fit its training set from one that overfit it.
 The paper's view (one row per method, its tasks and their Avg) takes, for a method the paper searched
 (Top-K over k, Mixout over p and LR, Child-Tuning_D over its fraction), the setting with the best mean per
 task, and names it.
+
+How sure a number is (sat_ehft.stats): each run's best and last dev scores get a 95% bootstrap interval over
+the dev examples ("dev ±" is its mean half-width per cell), and with a baseline method every other method of
+a task gets its difference from the baseline over seeds, with a 95% interval and a permutation p-value
+(paired by seed when both have the same seeds), for best and for last.
 """
 
 import csv
@@ -23,9 +28,11 @@ import numpy as np
 
 from sat_ehft.atomic import write_text
 from sat_ehft.paper_numbers import INCONSISTENCIES, SEARCHED, TABLES, TASK_COLUMNS
+from sat_ehft.stats import RESAMPLES, SEED, bootstrap_interval, difference
 from sat_ehft.sweep import is_finished, read_grid
 
 SCORES = ("best", "last", "max_over_all_stages")
+COMPARED = ("best", "last")  # the scores compared with a baseline: chosen on dev, and not
 
 
 def collect(out):
@@ -38,8 +45,24 @@ def collect(out):
                      "seconds": sum(stage["seconds"] for stage in result["stages"].values()),
                      "collapsed": bool(result.get("collapsed")),
                      "train_accuracy": final_train_accuracy(result),
-                     **{score: 100 * result[score] for score in SCORES}})
+                     **{score: 100 * result[score] for score in SCORES}, **dev_intervals(path.parent, result)})
     return rows
+
+
+def dev_intervals(folder, result):
+    """{'best_interval': (low, high), 'last_interval': ...} x 100: 95% bootstrap intervals of the final stage's
+    best and last dev scores, from its dev_predictions.json (None for runs written before it existed)."""
+    final = list(result["stages"])[-1]
+    path = Path(folder) / final / "dev_predictions.json"
+    if not path.is_file():
+        return {f"{score}_interval": None for score in COMPARED}
+    kept = json.loads(path.read_text(encoding="utf-8"))
+    intervals = {}
+    for score in COMPARED:
+        predictions = kept["epochs"][str(result["stages"][final][score]["epoch"])]
+        low, high = bootstrap_interval(result["metric"], predictions, kept["gold"])
+        intervals[f"{score}_interval"] = (100 * low, 100 * high)
+    return intervals
 
 
 def final_train_accuracy(result):
@@ -66,6 +89,9 @@ def aggregate(rows):
             entry[f"{score}_mean"], entry[f"{score}_std"] = mean_std([m[score] for m in members])
         entry["seconds"] = mean_std([m["seconds"] for m in members])[0]
         entry["collapsed"] = sum(m["collapsed"] for m in members)
+        entry["by_seed"] = {score: {m["seed"]: m[score] for m in members} for score in COMPARED}
+        widths = [(m["best_interval"][1] - m["best_interval"][0]) / 2 for m in members if m["best_interval"]]
+        entry["dev_halfwidth"] = float(np.mean(widths)) if widths else None
         accuracies = [m["train_accuracy"] for m in members if m["train_accuracy"] is not None]
         entry["train_accuracy"] = float(np.mean(accuracies)) if accuracies else None
         summary[key] = entry
@@ -96,10 +122,11 @@ def chosen_settings(summary):
     return chosen
 
 
-def report_rows(summary, table):
+def report_rows(summary, table, baseline=None):
     rows = []
     chosen = set(chosen_settings(summary).values())
     for (task, label), entry in summary.items():
+        against = {} if baseline is None else against_baseline(summary, task, label, baseline)
         paper = paper_value(table, task, label) if label in chosen else None
         ft = summary.get((task, "ft"))
         rows.append({"task": task, "method": label, "metric": entry["metric"], "seeds": len(entry["seeds"]),
@@ -109,8 +136,26 @@ def report_rows(summary, table):
                      "paper": paper, "best_minus_paper": None if paper is None else round(entry["best_mean"] - paper, 2),
                      "seconds": round(entry["seconds"], 1),
                      # wall time against plain finetuning of the same task (the same total epochs)
-                     "time_vs_ft": round(entry["seconds"] / ft["seconds"], 3) if ft else None})
+                     "time_vs_ft": round(entry["seconds"] / ft["seconds"], 3) if ft else None,
+                     "dev_halfwidth": None if entry["dev_halfwidth"] is None else round(entry["dev_halfwidth"], 2),
+                     **against})
     return rows
+
+
+def against_baseline(summary, task, label, baseline):
+    """The columns of `label` against `baseline` on `task`: for best and last, the difference over seeds, its
+    95% interval and p-value (None for the baseline itself, or where the task has no baseline runs)."""
+    base = summary.get((task, baseline))
+    columns = {}
+    for score in COMPARED:
+        result = None if base is None or label == baseline else difference(summary[task, label]["by_seed"][score],
+                                                                           base["by_seed"][score])
+        for name in ("mean", "low", "high", "p"):
+            value = None if result is None else getattr(result, name)
+            columns[f"{score}_diff" if name == "mean" else f"{score}_diff_{name}"] = \
+                None if value is None or np.isnan(value) else round(value, 4 if name == "p" else 2)
+        columns["diff_test"] = None if result is None else result.test
+    return columns
 
 
 def to_csv(rows):
@@ -121,20 +166,21 @@ def to_csv(rows):
     return buffer.getvalue()
 
 
-def to_markdown(rows, summary, missing, table):
+def to_markdown(rows, summary, missing, table, baseline, runs):
     paper = f"paper (Table {table})" if table else "paper"
     lines = ["| task | method | metric | seeds | collapsed | train acc | best (mean ± std) | last (mean ± std) | "
-             f"max all stages | {paper} | best − paper | seconds | time / ft |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"max all stages | {paper} | best − paper | seconds | time / ft | dev ± |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = "" if row["best_minus_paper"] is None else f"{row['best_minus_paper']:+.2f}"
         versus_ft = "" if row["time_vs_ft"] is None else f"{row['time_vs_ft']:.2f}"
         train = "" if row["train_accuracy"] is None else f"{row['train_accuracy']:.2f}"
+        halfwidth = "" if row["dev_halfwidth"] is None else f"{row['dev_halfwidth']:.2f}"
         lines.append(f"| {row['task']} | {row['method']} | {row['metric']} | {row['seeds']} | {row['collapsed']} | "
                      f"{train} | {row['best_mean']:.2f} ± {row['best_std']:.2f} | "
                      f"{row['last_mean']:.2f} ± {row['last_std']:.2f} | "
                      f"{row['max_over_all_stages_mean']:.2f} | {'' if row['paper'] is None else row['paper']} | {diff} | "
-                     f"{row['seconds']:.0f} | {versus_ft} |")
+                     f"{row['seconds']:.0f} | {versus_ft} | {halfwidth} |")
     lines += ["", "best: the final stage's best epoch by the run's selection metric (config best_metric, by default the "
               "task's first); last: its last epoch; "
               "max all stages: the running maximum over every evaluation, Stage 1 included (what the original "
@@ -143,16 +189,62 @@ def to_markdown(rows, summary, missing, table):
               "same task, which gets the same total epochs. collapsed: seeds whose best epoch predicted one class "
               "(or value) for every dev example; train acc: the final stage's training accuracy in its last epoch, "
               "mean over seeds. A searched method's paper score stands beside its best setting "
-              "only.", "", *paper_view(summary, table), "## Seeds", ""]
+              "only. dev ±: half the width of a run's 95% bootstrap interval of its best score over the dev "
+              "examples, mean over seeds (the noise of the dev set alone; runs listed under Runs).", "",
+              *(against_lines(rows, baseline) if baseline else []), *paper_view(summary, table, baseline),
+              "## Seeds", ""]
     lines += [f"- {task} {label}: {', '.join(map(str, entry['seeds']))}" for (task, label), entry in summary.items()]
     lines += ["", "## Missing runs", ""]
     lines += [f"- {run.task} {run.label} seed {run.seed}" for run in missing] or ["none"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *run_lines(runs)]) + "\n"
 
 
-def paper_view(summary, table):
+def signed(value, digits=2):
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def interval(low, high):
+    return "" if low is None else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def against_lines(rows, baseline):
+    """The table of every method against `baseline`, task by task."""
+    lines = [f"## Against {baseline}", "",
+             "| task | method | test | Δ best | 95% interval | p | Δ last | 95% interval | p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["diff_test"] is None:
+            continue
+        cells = [f"{signed(row[f'{s}_diff'])} | {interval(row[f'{s}_diff_low'], row[f'{s}_diff_high'])} | "
+                 f"{row[f'{s}_diff_p']:.3f}" for s in COMPARED]
+        lines.append(f"| {row['task']} | {row['method']} | {row['diff_test']} | {' | '.join(cells)} |")
+    return lines + ["", f"Δ: the method's score minus {baseline}'s, x 100, mean over seeds; best: the final stage's "
+                    "best epoch (chosen on dev, as the paper did), last: its last epoch (not chosen on dev). "
+                    "paired: the same seeds on both sides, a t-interval of the per-seed differences and an exact "
+                    "sign-flip permutation test (all 2^n sign patterns); unpaired (the seeds differ): Welch's "
+                    "interval and an exact permutation test over the splits of the pooled scores. p is two-sided.",
+                    ""]
+
+
+def run_lines(runs):
+    """Every run's best and last dev scores with their 95% bootstrap intervals over the dev examples."""
+    lines = ["## Runs", "", "| task | method | seed | best | 95% interval | last | 95% interval |",
+             "|---|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: (r["task"], r["label"], r["seed"])):
+        cells = [f"{run[s]:.2f} | " + ("" if run[f"{s}_interval"] is None else
+                                        "[{:.2f}, {:.2f}]".format(*run[f"{s}_interval"])) for s in COMPARED]
+        lines.append(f"| {run['task']} | {run['label']} | {run['seed']} | {' | '.join(cells)} |")
+    return lines + ["", f"Intervals: {RESAMPLE_NOTE}"]
+
+
+RESAMPLE_NOTE = (f"percentile bootstrap, {RESAMPLES:,} resamples of the dev examples with replacement (COPA: of "
+                 f"its questions), the task's metric recomputed on each, seed {SEED} (sat_ehft.stats).")
+
+
+def paper_view(summary, table, baseline=None):
     """The table as the paper prints it: one row per method, best mean per task (searched methods at their
-    best setting, named), and Avg over the tasks when every one is there; the paper's row below ours."""
+    best setting, named), and Avg over the tasks when every one is there; the paper's row below ours; with a
+    baseline, each method's best-epoch difference from it and the p-value below that."""
     chosen = chosen_settings(summary)
     tasks = [t for t in TASK_COLUMNS if any(task == t for task, _ in chosen)]
     methods = sorted({method for _, method in chosen})
@@ -166,8 +258,22 @@ def paper_view(summary, table):
         paper = [paper_value(table, t, method) for t in tasks]
         if any(v is not None for v in paper):
             lines.append(row_line(f"{method}, paper", paper, len(TASK_COLUMNS)))
+        if baseline and method != baseline:
+            lines.append(difference_line(summary, chosen, tasks, method, baseline))
     notes = INCONSISTENCIES.get(table, [])
     return lines + [""] + [f"Paper note: {note}" for note in notes] + ([""] if notes else [])
+
+
+def difference_line(summary, chosen, tasks, method, baseline):
+    """A row of `method`'s best-score difference from `baseline` per task, 'Δ (p)'."""
+    cells = []
+    for task in tasks:
+        if (task, method) not in chosen or (task, baseline) not in summary:
+            cells.append("")
+            continue
+        result = difference(summary[task, chosen[task, method]]["by_seed"]["best"], summary[task, baseline]["by_seed"]["best"])
+        cells.append(f"{result.mean:+.2f} (p {result.p:.3f})")
+    return f"| {method} − {baseline} | " + " | ".join(cells) + " |  |"
 
 
 def row_line(name, scores, all_tasks):
@@ -177,12 +283,28 @@ def row_line(name, scores, all_tasks):
     return f"| {name} | " + " | ".join("" if v is None else f"{v:.2f}" for v in scores) + f" | {average} |"
 
 
-def write_report(out, table="1"):
-    """Write report.md and report.csv into `out`; return the report rows."""
-    summary = aggregate(collect(out))
+def write_report(out, table="1", baseline=None):
+    """Write report.md, report.csv (a row per task and method) and runs.csv (a row per run) into `out`; with
+    `baseline` (a method label), every other method is compared with it. Returns the report rows."""
+    runs = collect(out)
+    summary = aggregate(runs)
+    if baseline and not any(label == baseline for _, label in summary):
+        raise ValueError(f"--baseline {baseline}: no finished run of it in {out}; methods there: "
+                         f"{', '.join(sorted({label for _, label in summary}))}")
     grid = read_grid(out) or []
     missing = [run for run in grid if not is_finished(run, out)]
-    rows = report_rows(summary, table)
+    rows = report_rows(summary, table, baseline)
     write_text(Path(out) / "report.csv", to_csv(rows))
-    write_text(Path(out) / "report.md", f"# Results in {Path(out).name}\n\n" + to_markdown(rows, summary, missing, table))
+    write_text(Path(out) / "runs.csv", to_csv([run_row(run) for run in runs]))
+    write_text(Path(out) / "report.md", f"# Results in {Path(out).name}\n\n"
+               + to_markdown(rows, summary, missing, table, baseline, runs))
     return rows
+
+
+def run_row(run):
+    """runs.csv's row of a run: its scores and the ends of their bootstrap intervals."""
+    row = {k: v for k, v in run.items() if not k.endswith("_interval")}
+    for score in COMPARED:
+        low, high = run[f"{score}_interval"] or (None, None)
+        row[f"{score}_low"], row[f"{score}_high"] = low, high
+    return row

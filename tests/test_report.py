@@ -1,11 +1,17 @@
-"""The report on a hand-made grid: searched methods at their best setting, collapsed runs, the paper's Avg."""
+"""The report on a hand-made grid: searched methods at their best setting, collapsed runs, the paper's Avg,
+differences from a baseline (against scipy) and each run's bootstrap interval."""
 
+import csv
+import io
 import json
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from sat_ehft.paper_numbers import TABLE1, TASK_COLUMNS
 from sat_ehft.report import write_report
+from sat_ehft.stats import bootstrap_interval
 
 
 def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy", train_accuracy=0.9):
@@ -75,3 +81,79 @@ def test_train_accuracy_is_the_final_stages_last_epoch_mean_over_seeds(tmp_path)
     report = (out / "report.md").read_text()
     assert "| rte | ft | accuracy | 2 | 0 | 85.00 | 61.00 ± 1.41 |" in report
     assert "| sts-b | ft | pearson | 1 | 0 |  | 80.00 ± 0.00 |" in report
+
+
+def write_run_with_predictions(out, task, label, seed, best, last, rng, gold):
+    """A finished two-stage run whose final stage kept its dev predictions: epoch 2 its best, epoch 3 its last;
+    Stage 1 kept predictions too (they must not be read)."""
+    folder = out / task / label / f"seed{seed}"
+    epochs = {str(epoch): np.where(rng.random(len(gold)) < accuracy, gold, 1 - gold).tolist()
+              for epoch, accuracy in ((1, 0.5), (2, best), (3, last))}
+    scores = {epoch: float(np.mean(np.array(predicted) == gold)) for epoch, predicted in epochs.items()}
+    for stage, kept in (("stage1", {"1": (1 - gold).tolist()}), ("stage2", epochs)):
+        (folder / stage).mkdir(parents=True)
+        (folder / stage / "dev_predictions.json").write_text(json.dumps({"gold": gold.tolist(), "epochs": kept}))
+    final = {"seconds": 1.0, "best": {"epoch": 2, "accuracy": scores["2"]}, "last": {"epoch": 3, "accuracy": scores["3"]}}
+    result = {"task": task, "method": label, "seed": seed, "metric": "accuracy", "best": scores["2"], "best_epoch": 2,
+              "last": scores["3"], "max_over_all_stages": scores["2"], "collapsed": False,
+              "stages": {"stage1": {"seconds": 1.0, "last": {}}, "stage2": final}}
+    (folder / "result.json").write_text(json.dumps(result))
+    return {"best": 100 * scores["2"], "last": 100 * scores["3"], "predictions": epochs}
+
+
+def test_against_a_baseline_each_method_gets_scipys_paired_interval_and_exact_p_for_best_and_last(tmp_path):
+    out, rng = tmp_path / "grid", np.random.default_rng(0)
+    gold = rng.integers(0, 2, 277)
+    runs = {(label, seed): write_run_with_predictions(out, "rte", label, seed, best, last, rng, gold)
+            for label, shift in (("ft", 0.0), ("ehft-bitfit", 0.05)) for seed in range(1, 6)
+            for best, last in [(0.7 + shift + 0.01 * seed, 0.6 + 0.02 * seed)]}
+    for seed in (2, 3, 4, 5, 7):  # another method on other seeds: unpaired
+        runs["lp-ft", seed] = write_run_with_predictions(out, "rte", "lp-ft", seed, 0.72, 0.7, rng, gold)
+    rows = {r["method"]: r for r in write_report(out, table="1", baseline="ft")}
+    for score in ("best", "last"):
+        ours = np.array([runs["ehft-bitfit", s][score] for s in range(1, 6)])
+        base = np.array([runs["ft", s][score] for s in range(1, 6)])
+        ci = scipy_stats.ttest_rel(ours, base).confidence_interval()
+        p = scipy_stats.permutation_test((ours, base), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                         permutation_type="samples", vectorized=True, n_resamples=np.inf).pvalue
+        row = rows["ehft-bitfit"]
+        assert row["diff_test"] == "paired"
+        assert row[f"{score}_diff"] == round(float(np.mean(ours - base)), 2)
+        assert (row[f"{score}_diff_low"], row[f"{score}_diff_high"]) == (round(ci.low, 2), round(ci.high, 2))
+        assert row[f"{score}_diff_p"] == round(p, 4)
+        lp = np.array([runs["lp-ft", s][score] for s in (2, 3, 4, 5, 7)])
+        welch = scipy_stats.ttest_ind(lp, base, equal_var=False).confidence_interval()
+        assert rows["lp-ft"]["diff_test"] == "unpaired"
+        assert rows["lp-ft"][f"{score}_diff_low"] == round(welch.low, 2)
+    assert rows["ft"]["diff_test"] is None and rows["ft"]["best_diff"] is None
+    header = (out / "report.csv").read_text().splitlines()[0].split(",")
+    assert {"best_diff", "best_diff_low", "best_diff_high", "best_diff_p", "last_diff_p", "diff_test",
+            "dev_halfwidth"} <= set(header)
+    report = (out / "report.md").read_text()
+    row = rows["ehft-bitfit"]
+    assert (f"| rte | ehft-bitfit | paired | {row['best_diff']:+.2f} | [{row['best_diff_low']:+.2f}, "
+            f"{row['best_diff_high']:+.2f}] | {row['best_diff_p']:.3f} |") in report.split("## Against ft")[1]
+    view = report.split("## The paper's view")[1]
+    assert f"| ehft-bitfit − ft | {row['best_diff']:+.2f} (p {row['best_diff_p']:.3f}) |" in view
+
+
+def test_each_run_gets_a_bootstrap_interval_of_its_best_and_last_epochs_own_predictions(tmp_path):
+    out, rng = tmp_path / "grid", np.random.default_rng(1)
+    gold = rng.integers(0, 2, 100)
+    run = write_run_with_predictions(out, "copa", "ehft-lora", 1, 0.8, 0.6, rng, gold)
+    write_report(out, table="1")
+    listed = next(csv.DictReader(io.StringIO((out / "runs.csv").read_text())))
+    for score, epoch in (("best", "2"), ("last", "3")):  # the final stage's epochs, not Stage 1's
+        low, high = bootstrap_interval("accuracy", run["predictions"][epoch], gold)
+        assert (float(listed[f"{score}_low"]), float(listed[f"{score}_high"])) == pytest.approx((100 * low, 100 * high))
+    report = (out / "report.md").read_text()
+    low, high = bootstrap_interval("accuracy", run["predictions"]["2"], gold)
+    assert f"| copa | ehft-lora | 1 | {run['best']:.2f} | [{100 * low:.2f}, {100 * high:.2f}] |" in report
+    row = next(r for r in write_report(out, table="1") if r["method"] == "ehft-lora")
+    assert row["dev_halfwidth"] == round(50 * (high - low), 2)
+
+
+def test_a_baseline_without_runs_is_refused_naming_the_methods_there(tmp_path):
+    write_result(tmp_path / "grid", "rte", "ft", 1, 60.0)
+    with pytest.raises(ValueError, match="--baseline fr: no finished run of it in .*; methods there: ft"):
+        write_report(tmp_path / "grid", baseline="fr")
