@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,8 +37,9 @@ def written(out, name):
 def test_figure1_feature_change_is_zero_for_a_frozen_backbone(tmp_path, runs):
     FIGURES["1"]([runs["lp-0.1"], runs["ft-0.1"]], tmp_path)
     data = written(tmp_path, "figure1_feature_change")
-    assert data["mean_by_method"]["lp"] == 0.0  # linear probing leaves the backbone, hence its features, as they were
-    assert data["mean_by_method"]["ft"] > 0.01
+    rte = data["by_task"]["rte"]
+    assert rte["lp"]["distance"] == {"mean": 0.0, "std": 0.0, "runs": 1}  # LP leaves the backbone as it was
+    assert rte["ft"]["distance"]["mean"] == data["runs"][str(runs["ft-0.1"])]["distance"] > 0.01
 
 
 def hf_head_inputs(tiny_bert, trained, features):
@@ -74,7 +76,7 @@ def test_figure1_stage1_to_final_distance_matches_hugging_face(tmp_path, runs, t
     # BitFit moved the features in Stage 1, so the two distances differ
     assert data["runs"][str(run)]["stage1_distance"] != pytest.approx(data["runs"][str(run)]["distance"], rel=1e-3)
     assert "stage1_distance" not in data["runs"][str(runs["ft-0.1"])]
-    assert set(data["stage1_mean_by_method"]) == {"ehft-bitfit"}
+    assert {m for m, keys in data["by_task"]["rte"].items() if "stage1_distance" in keys} == {"ehft-bitfit"}
 
 
 def test_figure4_tsne_has_a_point_per_example(tmp_path, runs):
@@ -142,3 +144,15 @@ def test_figure6_and_7_read_the_run_files(tmp_path, runs):
     epochs = [json.loads(line) for line in (runs["ehft-bitfit-0.5"] / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert ehft["train_accuracy"] == [r["train_accuracy"] for r in epochs] and len(epochs) == 2
     assert ehft["epoch_step"] == [r["step"] for r in epochs]
+
+
+def test_figure1_spreads_are_per_task_and_method_over_seeds():
+    from sat_ehft.analyze.figures import _spread_by_task_and_method
+
+    per_run = {"a": {"task": "cb", "method": "ft", "distance": 2.0}, "b": {"task": "cb", "method": "ft", "distance": 4.0},
+               "c": {"task": "rte", "method": "ft", "distance": 10.0},
+               "d": {"task": "cb", "method": "lp-ft", "distance": 1.0, "stage1_distance": 3.0}}
+    spread = _spread_by_task_and_method(per_run, ("distance", "stage1_distance"))
+    assert spread["cb"]["ft"] == {"distance": {"mean": 3.0, "std": pytest.approx(np.std([2.0, 4.0], ddof=1)), "runs": 2}}
+    assert spread["rte"]["ft"]["distance"]["mean"] == 10.0  # another task is never mixed in
+    assert spread["cb"]["lp-ft"]["stage1_distance"] == {"mean": 3.0, "std": 0.0, "runs": 1}

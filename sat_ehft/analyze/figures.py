@@ -68,7 +68,8 @@ def _final_stage(run):
 
 def feature_change(runs, out, stage=None):
     """Figure 1: L2 distance between the head's input features on the training set, pretrained backbone vs
-    the backbone each run left (its final stage, or `stage`), averaged over examples and over seeds. For a
+    the backbone each run left (its final stage, or `stage`), averaged over examples, then its mean and spread
+    over seeds per task and method. For a
     two-stage method also the distance between Stage 1's features (its PET module in place) and the final
     stage's, the paper's section 2 measure (EH-FT(PT) 27.4, EH-FT(BitFit) 27.9, LP-FT 36.7)."""
     from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
@@ -90,29 +91,38 @@ def feature_change(runs, out, stage=None):
         _strip_to_pretrained(model, backbone)
         before = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
         per_run[str(run)]["distance"] = distance(before, after)
-    data = {"runs": per_run, "mean_by_method": _mean_by_method(per_run, "distance"),
-            "stage1_mean_by_method": _mean_by_method(per_run, "stage1_distance")}
+    data = {"runs": per_run, "by_task": _spread_by_task_and_method(per_run, ("distance", "stage1_distance"))}
 
     def draw(plt):
-        figure, (pretrained, stage1) = plt.subplots(1, 2, figsize=(10, 3), sharey=True)
-        names = list(data["mean_by_method"])
-        pretrained.barh(names, [data["mean_by_method"][n] for n in names])
-        pretrained.set_xlabel("pretrained vs final stage")
-        stage1.barh(names, [data["stage1_mean_by_method"].get(n, 0.0) for n in names])
-        stage1.set_xlabel("Stage 1 vs final stage (two-stage methods)")
-        figure.suptitle("L2 distance of training-set head-input features")
+        tasks = sorted(data["by_task"])
+        figure, axes = plt.subplots(len(tasks), 2, figsize=(10, 0.6 + 2.4 * len(tasks)), squeeze=False)
+        for (pretrained, stage1), task in zip(axes, tasks):
+            methods = data["by_task"][task]
+            names = list(methods)
+            for axis, key in ((pretrained, "distance"), (stage1, "stage1_distance")):
+                spreads = [methods[n].get(key, {"mean": 0.0, "std": 0.0}) for n in names]
+                axis.barh(names, [s["mean"] for s in spreads], xerr=[s["std"] for s in spreads], capsize=3)
+            pretrained.set_ylabel(task)
+        axes[-1][0].set_xlabel("pretrained vs final stage")
+        axes[-1][1].set_xlabel("Stage 1 vs final stage (two-stage methods)")
+        figure.suptitle("L2 distance of training-set head-input features (mean and std over seeds)")
         return figure
 
     return _save(out, "figure1_feature_change", data, draw)
 
 
-def _mean_by_method(per_run, key):
-    """{method: mean of entry[key] over its runs}, for the methods whose runs have `key`."""
-    by_method = defaultdict(list)
+def _spread_by_task_and_method(per_run, keys):
+    """{task: {method: {key: {'mean', 'std' (sample, 0 for one run), 'runs'}}}} over the runs that have key."""
+    grouped = defaultdict(lambda: defaultdict(list))
     for entry in per_run.values():
-        if key in entry:
-            by_method[entry["method"]].append(entry[key])
-    return {method: float(np.mean(values)) for method, values in sorted(by_method.items())}
+        for key in keys:
+            if key in entry:
+                grouped[entry["task"], entry["method"]][key].append(entry[key])
+    spread = defaultdict(dict)
+    for (task, method), values in sorted(grouped.items()):
+        spread[task][method] = {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                                      "runs": len(v)} for key, v in values.items()}
+    return dict(spread)
 
 
 def _strip_to_pretrained(model, backbone):
