@@ -36,6 +36,12 @@ def test_matthews(binary):
     expected = (tp * tn - fp * fn) / np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
     assert metrics.matthews(predictions, labels) == pytest.approx(expected)
     assert metrics.matthews(np.ones(200), labels) == 0.0
+    # Anti-correlated predictions keep their sign (a CoLA head that learned the labels backwards scores < 0).
+    # By hand: tp 2, tn 2, fp 3, fn 3, so (2 * 2 - 3 * 3) / sqrt(5 * 5 * 5 * 5) = -0.2.
+    gold = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1])
+    backwards = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 1])
+    assert metrics.matthews(backwards, gold) == pytest.approx(-0.2)
+    assert metrics.matthews(1 - gold, gold) == -1.0
 
 
 def test_correlations():

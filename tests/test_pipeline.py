@@ -265,3 +265,24 @@ def test_the_original_child_tuning_masks_the_layers_only_and_trains_with_its_own
     config = training_config(spec.config, get_method("child-tuning-d").stages[0])
     assert (config.adam_betas, config.weight_decay) == ((0.9, 0.999), 0.0)
     assert training_config(spec.config, get_method("ft").stages[0]) == spec.config
+
+
+def test_result_takes_collapsed_from_the_best_epoch_and_the_running_maximum_over_both_stages(tmp_path):
+    """Stage 1 scores above every Stage-2 epoch (the original code's number comes from it); Stage 2's best epoch
+    is not its last, and only the last collapsed."""
+    from sat_ehft.pipeline import write_result
+
+    epochs = {"stage1": [{"epoch": 1, "accuracy": 0.9, "collapsed": False}],
+              "stage2": [{"epoch": 1, "accuracy": 0.6, "collapsed": False}, {"epoch": 2, "accuracy": 0.8, "collapsed": False},
+                         {"epoch": 3, "accuracy": 0.5, "collapsed": True}]}
+    for stage, records in epochs.items():
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        best = max(records, key=lambda r: r["accuracy"])
+        (tmp_path / stage / "done.json").write_text(json.dumps({"metric": "accuracy", "best": best, "last": records[-1]}))
+    spec = RunSpec(task="rte", method="lp-ft", model="m", data_dir="d", seed=3, config=CONFIG)
+    result = write_result(spec, tmp_path, get_method("lp-ft"))
+    assert (result["best"], result["best_epoch"], result["last"]) == (0.8, 2, 0.5)
+    assert result["collapsed"] is False  # the best epoch's, not the last's
+    assert result["max_over_all_stages"] == 0.9  # Stage 1 included
+    assert json.loads((tmp_path / "result.json").read_text()) == result

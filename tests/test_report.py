@@ -14,11 +14,12 @@ from sat_ehft.report import write_report
 from sat_ehft.stats import bootstrap_interval
 
 
-def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy", train_accuracy=0.9):
+def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy", train_accuracy=0.9, last=None):
     folder = out / task / label.replace(" ", "__") / f"seed{seed}"
     folder.mkdir(parents=True)
+    last = best if last is None else last
     result = {"task": task, "method": label.split(" ")[0], "seed": seed, "metric": metric, "best": best / 100,
-              "best_epoch": 1, "last": best / 100, "max_over_all_stages": best / 100, "collapsed": collapsed,
+              "best_epoch": 1, "last": last / 100, "max_over_all_stages": best / 100, "collapsed": collapsed,
               "stages": {"stage1": {"seconds": 5.0, "last": {"train_accuracy": 0.5}},
                          "stage2": {"seconds": 10.0, "last": {} if train_accuracy is None else
                                     {"train_accuracy": train_accuracy}}}}
@@ -48,6 +49,16 @@ def test_a_searched_method_is_compared_at_its_best_setting(grid):
     view = (grid / "report.md").read_text().split("## The paper's view")[1]
     assert "| topk (top_k=6) | 89.00 |" in view
     assert f"| topk, paper | {TABLE1['topk']['rte']:.2f} |" in view
+
+
+def test_a_searched_setting_is_chosen_by_its_best_epoch_mean_not_its_last(tmp_path):
+    out = tmp_path / "grid"
+    for seed in (1, 2):
+        write_result(out, "rte", "topk top_k=3", seed, 90.0, last=60.0)  # peaked, then fell
+        write_result(out, "rte", "topk top_k=6", seed, 85.0, last=88.0)  # a better last epoch, a worse best
+    rows = {r["method"]: r for r in write_report(out, table="1")}
+    assert rows["topk top_k=3"]["paper"] == TABLE1["topk"]["rte"] and rows["topk top_k=6"]["paper"] is None
+    assert "| topk (top_k=3) | 90.00 |" in (out / "report.md").read_text().split("## The paper's view")[1]
 
 
 def test_collapsed_runs_are_counted_per_cell(grid):
