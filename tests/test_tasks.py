@@ -289,3 +289,40 @@ def test_wic_spans_with_a_byte_level_bpe_tokenizer(shared_data, roberta_style_to
             word = example.fields[sentence][example.fields[start]:example.fields[end]]
             assert tokenizer.decode(feature["input_ids"][first:last]).strip() == word, example.source
     assert "token_type_ids" in feature and set(feature["token_type_ids"]) == {0}  # RoBERTa has no token types
+
+
+def test_a_configs_pair_input_reaches_the_encoding_a_run_uses(glue_like, minilm_tokenizer):
+    """The shipped QNLI config (recipe original) encodes (sentence, question) through the run's own Encoding;
+    --set pair_input=standard puts the question first."""
+    from conftest import REPO
+
+    from sat_ehft.config import load_config
+    from sat_ehft.pipeline import run_encoding
+    from sat_ehft.runspec import RunSpec
+
+    qnli = get_task("qnli")
+    example = qnli.read(glue_like, "dev")[0]
+    for overrides, first in (({}, "the sky is blue."), ({"pair_input": "standard"}, "what colour is the sky?")):
+        config = load_config(REPO / "configs" / "qnli.yaml", overrides)
+        ids = qnli.encode(example, minilm_tokenizer, run_encoding(RunSpec("qnli", "ft", "m", "d", 1, config)))["input_ids"]
+        assert minilm_tokenizer.decode(ids, skip_special_tokens=True).startswith(first)
+
+
+@pytest.mark.parametrize("pair_input", ["standard", "original"])
+def test_mrpc_rte_and_cb_encode_the_files_first_text_first(shared_data, minilm_tokenizer, pair_input):
+    """The order as the official files give it (read here with the csv and json modules, not the task's reader):
+    MRPC "#1 String" then "#2 String", RTE and CB premise then hypothesis, in both pair inputs."""
+    import csv
+
+    with open(shared_data / "glue" / "MRPC" / "dev.tsv", encoding="utf-8-sig", newline="") as file:
+        row = next(csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
+    official = {"mrpc": (row["#1 String"], row["#2 String"])}
+    for name, folder in (("rte", "RTE"), ("cb", "CB")):
+        record = json.loads((shared_data / "superglue" / folder / "val.jsonl").read_text().splitlines()[0])
+        official[name] = (record["premise"], record["hypothesis"])
+    for name, (first, second) in official.items():
+        task = get_task(name)
+        example = task.read(shared_data, "dev")[0]
+        ids = task.encode(example, minilm_tokenizer, Encoding(256, pair_input))["input_ids"]
+        expected = minilm_tokenizer.decode(minilm_tokenizer(first, second)["input_ids"], skip_special_tokens=True)
+        assert minilm_tokenizer.decode(ids, skip_special_tokens=True) == expected, name
