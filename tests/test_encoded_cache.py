@@ -69,3 +69,15 @@ def test_a_changed_file_or_tokenizer_is_never_served_stale(tmp_path, rte_dir, mi
     entry = entry_path(task, data, "train", minilm_tokenizer, Encoding(64))
     entry.write_text(entry.read_text()[:100])  # damaged after it was written: encoded again
     assert encoded_split(task, data, "train", minilm_tokenizer, Encoding(64)) == relabelled and len(encodings) == 4
+
+
+@pytest.mark.parametrize("other", [Encoding(32), Encoding(64, "original")])
+def test_another_encoding_is_a_new_entry(shared_data, minilm_tokenizer, encodings, other):
+    """A prefix run (max_length - prefix_len) and a pair_input change encode afresh: the cache never serves
+    them another encoding's entry."""
+    task = get_task("rte")
+    first = encoded_split(task, shared_data, "dev", minilm_tokenizer, Encoding(64))
+    second = encoded_split(task, shared_data, "dev", minilm_tokenizer, other)
+    assert len(encodings) == 2 and entry_path(task, shared_data, "dev", minilm_tokenizer, other) != \
+        entry_path(task, shared_data, "dev", minilm_tokenizer, Encoding(64))
+    assert second == encode_examples(task, task.read(shared_data, "dev"), minilm_tokenizer, other) != first
