@@ -77,6 +77,21 @@ def test_the_original_codes_bitfit_and_topk_sets(hf_folder, name):
     assert "transformer.layers.1.input_layernorm.weight" in trainable or stage.trains == "bias"
 
 
+def test_the_config_reaches_the_lora_and_mixout_a_stage_builds(hf_folder):
+    """lora_targets decides which projections get LoRA tensors; mixout_draw and mixout_zero_dropout reach the
+    Mixout mixin (the original recipe's column draw and zero dropout), and the model's dropouts."""
+    config = Config(**{**CONFIG.__dict__, "lora_targets": ("key", "dense"), "mixout_draw": "column",
+                       "mixout_zero_dropout": True, "mixout_p": 0.8})
+    model, _ = build_classifier(load_backbone(hf_folder), get_task("rte"), get_method("lora").stages[0], config)
+    lora = [name for name, _ in model.named_parameters() if name.startswith("mixins.lora.")]  # ...layers.0.key_A
+    adapted = {name.split(".")[4].rsplit("_", 1)[0] for name in lora}
+    assert adapted == {"key", "dense"} and model.get_mixin("lora").targets == ("key", "dense")
+    model, _ = build_classifier(load_backbone(hf_folder), get_task("rte"), get_method("mixout").stages[0], config)
+    mixout = model.get_mixin("mixout")
+    assert (mixout.p, mixout.draw, mixout.zero_dropout) == (0.8, "column", True)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+
+
 def test_stage_plans():
     ehft = get_method("ehft-lora")
     assert [s.name for s in ehft.stages] == ["stage1", "stage2"]

@@ -166,6 +166,9 @@ def test_mixout_mixin_trains_stochastically_and_evaluates_plainly(tmp_path):
         sat.train()
         first, second = sat.encode(ids, mask), sat.encode(ids, mask)
     assert (first - second).abs().max() > 1e-3 and (first - moved).abs().max() > 1e-3
+    sat.del_mixin("mixout")  # the same weights with no Mixout at all: what evaluation must compute
+    with torch.no_grad():
+        assert torch.equal(sat.eval().encode(ids, mask), moved)
 
 
 def test_mixout_column_draw_swaps_whole_input_columns():
