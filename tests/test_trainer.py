@@ -14,8 +14,8 @@ from sat_ehft.config import Config
 from sat_ehft.methods import get_method
 from sat_ehft.tasks import get_task
 from sat_ehft.trainer import LR_SCHEDULES as TRAINER_SCHEDULES
-from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, linear_schedule, make_optimizer,
-                              sat_annealing_schedule, train_stage)
+from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, head_scores, linear_schedule,
+                              make_optimizer, sat_annealing_schedule, train_stage)
 
 CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0,
                 checkpoint_minutes=0)
@@ -46,7 +46,11 @@ def test_bitfit_stage_trains_only_its_parameters_and_logs_each_epoch(tmp_path, r
 
     batch = collate(dev, minilm_tokenizer.pad_token_id)
     with torch.no_grad():
-        predicted = (model.encode(**model_inputs(batch))[:, 0] > 0).long()
+        scores = model.encode(**model_inputs(batch))
+        predicted = (scores[:, 0] > 0).long()
+    # Evaluation switches dropout off itself (the model trains with dropout 0.1) and puts the mode back.
+    assert torch.allclose(head_scores(model.train(), dev, 7, minilm_tokenizer.pad_token_id, "cpu"), scores, atol=1e-6)
+    assert model.training
     assert logged[-1]["accuracy"] == pytest.approx(metrics.accuracy(predicted.numpy(), batch["labels"].numpy()))
     assert evaluate(model, task, dev, 7, minilm_tokenizer.pad_token_id, "cpu") == {
         "accuracy": logged[-1]["accuracy"], "collapsed": len(set(predicted.tolist())) == 1}
