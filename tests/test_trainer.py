@@ -365,3 +365,21 @@ def test_report_to_wandb_without_a_login_says_what_to_do(tmp_path, monkeypatch, 
                                            r"Run `wandb login` or set WANDB_API_KEY; WANDB_MODE=offline"):
         Trackers(StageFiles(tmp_path / "run" / "stage1"), config, rank=0)
     assert Trackers(StageFiles(tmp_path / "run" / "stage1"), config, rank=1).trackers == []  # only rank 0 reports
+
+
+def test_each_epoch_trains_on_a_fresh_order_drawn_from_the_seed(tmp_path, rte_features, minilm_tokenizer, monkeypatch):
+    """Epoch e visits the training rows in torch.randperm(n) drawn from seed + e (PyTorch's DistributedSampler's
+    definition), a new order every epoch (SAT's loop reused one)."""
+    import sat_ehft.trainer as trainer
+
+    task, train, _ = rte_features
+    row_of, seen, collate = {id(f): i for i, f in enumerate(train)}, [], trainer.collate
+
+    def recording(features, pad_id):
+        seen.extend(row_of[id(f)] for f in features if id(f) in row_of)  # training rows only, not dev
+        return collate(features, pad_id)
+
+    monkeypatch.setattr(trainer, "collate", recording)
+    run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "order", epochs=2)
+    orders = [torch.randperm(len(train), generator=torch.Generator().manual_seed(4 + epoch)).tolist() for epoch in (0, 1)]
+    assert orders[0] != orders[1] and seen == orders[0] + orders[1]
