@@ -191,6 +191,29 @@ def test_an_unreadable_only_checkpoint_restarts_the_stage(tmp_path, rte_features
     assert trained == [1, 2, 3] and records == whole_records
 
 
+def test_a_checkpoint_without_a_trained_tensor_is_refused_naming_it(tmp_path, rte_features, minilm_tokenizer, capsys):
+    """Loading is not strict (frozen tensors are not saved), so a missing trained tensor would silently keep its
+    initial value: such a checkpoint is set aside with the tensor's name, and the stage trains again."""
+    pad = minilm_tokenizer.pad_token_id
+    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+    folder = tmp_path / "cut" / "checkpoint"
+    states = folder / "epoch2" / "mp_rank_00_model_states.pt"
+    saved = checkpoints.safe_load(states)
+    del saved["module"]["mixins.head.out.bias"]
+    torch.save(saved, states)
+    manifest = json.loads((folder / "epoch2" / checkpoints.MANIFEST).read_text())
+    manifest["files"][states.name] = states.stat().st_size  # sizes agree: only the content is short
+    (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
+    capsys.readouterr()
+    trained = []
+    _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
+    out = capsys.readouterr().out
+    assert f"{folder / 'epoch2'}: not a whole checkpoint (lacks trained tensors ['mixins.head.out.bias'])" in out
+    assert trained == [1, 2, 3] and records == whole_records
+
+
 def test_a_full_disk_during_a_checkpoint_says_where_keeps_the_last_one_and_a_rerun_resumes(
         tmp_path, rte_features, minilm_tokenizer, monkeypatch, capsys):
     pad = minilm_tokenizer.pad_token_id
