@@ -36,6 +36,37 @@ def test_every_task_config_loads_with_the_paper_setup(task):
     assert bert_large.best_metric == ("spearman" if task == "sts-b" else "")  # Table 2 reports STS-B's Spearman
 
 
+# Besides every key a recipe profile sets: what else decides what a study's runs train.
+STUDY_KEYS = {"recipe", "epochs", "batch_size", "micro_batch_size", "lr", "stage1_lr", "stage1_share", "stage1_mode",
+              "warmup", "max_length", "zero_stage", "unpad", "group_by_length", "eval_every", "best_metric"}
+STUDY = sorted((REPO / "configs" / "minilm-study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDY, ids=lambda p: p.name)
+def test_the_study_configs_pin_every_key_that_changes_training(path):
+    """A study half run must not change when a recipe profile (or a dataclass default) does: its files name
+    recipe none and write every key themselves. A key added to a recipe later fails here until it is pinned."""
+    import yaml
+
+    from sat_ehft.recipes import RECIPES
+
+    written = yaml.safe_load(path.read_text())
+    recipe_keys = {key for values in RECIPES.values() for key in values}
+    assert written["recipe"] == "none" and not (recipe_keys | STUDY_KEYS) - set(written)
+    config = load_config(path)
+    ratios = {k: v / config.lr for k, v in config.stage1_lr.items()}  # the paper's Stage-1 LRs to its FT LR of 1e-5
+    assert ratios == pytest.approx({"bitfit": 50, "lora": 50, "prefix": 500, "lp": 100})
+    assert config.stage1_share == 0.1 and config.precision == "fp32"
+
+
+def test_the_study_configs_differ_only_in_their_task_settings():
+    import yaml
+
+    per_task = {"epochs", "batch_size", "micro_batch_size", "lr", "stage1_lr"}
+    shared = [{k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in per_task} for path in STUDY]
+    assert len(STUDY) >= 4 and all(values == shared[0] for values in shared)
+
+
 def readme_recipe_table():
     """{key: {recipe: value}} from README.md's recipe table (each cell YAML in backticks)."""
     import yaml
