@@ -246,6 +246,47 @@ def test_child_tuning_stage_updates_only_its_child_network(tmp_path, tiny_bert, 
     assert (head != 0).float().mean() > 0.3  # the head is never masked (only ReLU-dead units have no gradient)
 
 
+def test_child_tuning_zeroes_gradients_outside_its_mask_and_leaves_the_rest_exact(tmp_path, tiny_bert, rte_dir):
+    """Against plain finetuning of the same model (same seed, so the same head) on the same batch, dropout off:
+    the child network's gradients are finetuning's exactly, and finetuning's other gradients are zeroed."""
+    from sat_ehft.batching import collate, model_inputs
+    from sat_ehft.objective import loss
+
+    grads = {}
+    for method in ("ft", "child-tuning-d"):
+        ready = prepare_stage(spec_for(method, tiny_bert, rte_dir, child_tuning_keep=0.02), tmp_path, 0)
+        batch = collate(ready.train[:8], ready.tokenizer.pad_token_id)
+        loss(ready.model.eval().encode(**model_inputs(batch)), batch["labels"], "binary").backward()
+        grads[method] = {n: p.grad for n, p in ready.model.named_parameters() if not n.startswith("mixins.head.")}
+    total = sum(g.numel() for g in grads["ft"].values())
+    kept = {n: grads["child-tuning-d"][n] != 0 for n in grads["ft"]}
+    assert all(torch.equal(grads["child-tuning-d"][n][kept[n]], grads["ft"][n][kept[n]]) for n in kept)
+    assert 0 < sum(int(k.sum()) for k in kept.values()) <= round(0.02 * total)
+    moving = sum(int((grads["ft"][n] != 0).sum()) for n in kept)  # most embedding rows get no gradient anyway
+    zeroed = sum(int(((grads["ft"][n] != 0) & ~kept[n]).sum()) for n in kept)
+    assert zeroed > 0.2 * moving  # a good share of what finetuning would move stays still
+
+
+@pytest.mark.parametrize("fisher, clip, training", [("backbone", None, False), ("original", 1.0, True)])
+def test_each_fisher_is_measured_as_configured(tmp_path, tiny_bert, rte_dir, monkeypatch, fisher, clip, training):
+    """'original': in train mode (dropout on), each tensor's gradient clipped to norm 1; 'backbone': eval mode,
+    unclipped. What fisher_information itself computes is tested against a hand-written reference (test_mixins)."""
+    from sat_ehft.mixins import child_tuning
+
+    seen, measure = [], child_tuning.fisher_information
+
+    def spy(model, names, losses, clip=None):
+        def watched():
+            for loss in losses:
+                seen.append((clip, model.training))
+                yield loss
+        return measure(model, names, watched(), clip)
+
+    monkeypatch.setattr(child_tuning, "fisher_information", spy)
+    prepare_stage(spec_for("child-tuning-d", tiny_bert, rte_dir, child_tuning_fisher=fisher), tmp_path, 0)
+    assert seen and set(seen) == {(clip, training)}
+
+
 def test_the_original_child_tuning_masks_the_layers_only_and_trains_with_its_own_adamw(tmp_path, tiny_bert, rte_dir):
     from sat_ehft.batching import collate, model_inputs
     from sat_ehft.objective import loss
