@@ -383,3 +383,37 @@ def test_each_epoch_trains_on_a_fresh_order_drawn_from_the_seed(tmp_path, rte_fe
     run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "order", epochs=2)
     orders = [torch.randperm(len(train), generator=torch.Generator().manual_seed(4 + epoch)).tolist() for epoch in (0, 1)]
     assert orders[0] != orders[1] and seen == orders[0] + orders[1]
+
+
+def test_report_to_tensorboard_writes_the_logged_losses_and_metrics(tmp_path, rte_features, minilm_tokenizer):
+    """The event files read back with TensorBoard's own reader hold every step's loss and every epoch's dev
+    metrics, as the JSONL logs have them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task, train, dev = rte_features
+    config = Config(**{**CONFIG.__dict__, "report_to": ("tensorboard",)})
+    model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
+    records, _ = train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-3, epochs=2), seed=1,
+                             pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
+    events = EventAccumulator(str(tmp_path / "stage" / "tensorboard"))
+    events.Reload()
+    steps = [json.loads(line) for line in (tmp_path / "stage" / "train_loss.jsonl").read_text().splitlines()]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (s["step"], pytest.approx(s["loss"], rel=1e-6)) for s in steps]
+    assert [(e.step, e.value) for e in events.Scalars("dev/accuracy")] == [
+        (r["step"], pytest.approx(r["accuracy"], rel=1e-6)) for r in records]
+
+
+def test_a_stages_wandb_run_id_is_the_same_at_every_start_and_differs_between_stages(tmp_path, monkeypatch,
+                                                                                      fresh_wandb):
+    """A resumed stage reports into the run it started, not a new one: the id comes from the stage folder."""
+    from sat_ehft.tracking import WandB
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for folder in ("stage1", "stage1", "stage2"):
+        tracker = WandB(StageFiles(tmp_path / "run" / folder), CONFIG)
+        ids.append(tracker.run.id)
+        tracker.close()
+    assert ids[0] == ids[1] != ids[2]
