@@ -128,6 +128,26 @@ def test_an_export_that_would_not_reload_exactly_is_not_written(runs, tmp_path, 
     assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf*"))  # nor its temporary folder
 
 
+@pytest.mark.parametrize("shift, refused", [(1e-2, True), (2e-5, False)])  # fp32 tolerance: 1e-4
+def test_an_export_whose_logits_drift_past_the_tolerance_is_not_written(runs, tmp_path, monkeypatch, shift, refused):
+    """Every tensor reloads, but the head's output bias is off by `shift`: the logits differ by exactly that."""
+    import sat_ehft.export
+
+    real = sat_ehft.export.exported_weights
+
+    def shifted(classifier, extras):
+        weights = real(classifier, extras)
+        return {**weights, "head.out.bias": weights["head.out.bias"] + shift}
+
+    monkeypatch.setattr(sat_ehft.export, "exported_weights", shifted)
+    if refused:
+        with pytest.raises(ExportError, match=r"logits differ from sat-ehft's by 0\.01 \(over 0\.0001\)"):
+            export_run(runs["sts-b"], tmp_path / "hf")
+        assert not (tmp_path / "hf").exists()
+    else:
+        assert export_run(runs["sts-b"], tmp_path / "hf") == pytest.approx(shift, rel=0.05)
+
+
 def test_prefix_runs_and_existing_folders_are_refused(tmp_path, tiny_bert, rte_dir, runs):
     run(RunSpec("rte", "prefix", str(tiny_bert), str(rte_dir), 1, Config(**{**CONFIG.__dict__, "epochs": 1})),
         tmp_path / "prefix", log=lambda line: None)
