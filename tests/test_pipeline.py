@@ -327,3 +327,32 @@ def test_result_takes_collapsed_from_the_best_epoch_and_the_running_maximum_over
     assert result["collapsed"] is False  # the best epoch's, not the last's
     assert result["max_over_all_stages"] == 0.9  # Stage 1 included
     assert json.loads((tmp_path / "result.json").read_text()) == result
+
+
+def test_the_run_folder_stays_locked_while_every_stage_trains(tmp_path, tiny_bert, rte_dir, monkeypatch):
+    """Another process opening RUN/.lock cannot take it while a stage runs (a new open file description, as a
+    second sat-ehft would have), and can once the run has ended."""
+    import fcntl
+    import os
+
+    import sat_ehft.pipeline as pipeline
+
+    seen, real = [], pipeline.run_stage
+
+    def probing(spec, out, index):
+        descriptor = os.open(tmp_path / "run" / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(descriptor)
+        return real(spec, out, index)
+
+    monkeypatch.setattr(pipeline, "run_stage", probing)
+    run(spec_for("lp-ft", tiny_bert, rte_dir), tmp_path / "run", log=lambda line: None)
+    assert seen == ["held", "held"]
+    descriptor = os.open(tmp_path / "run" / ".lock", os.O_RDWR)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at the end
+    os.close(descriptor)
