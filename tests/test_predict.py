@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from sat_ehft.batching import collate, model_inputs
 from sat_ehft.cli import main
 from sat_ehft.config import Config
 from sat_ehft.pipeline import RunSpec, run
@@ -176,3 +177,29 @@ def test_leaderboard_files_have_the_servers_format(tmp_path, name):
     written = write_predictions(predictions, tmp_path / "submission", "leaderboard")
     assert written == tmp_path / "submission" / filename
     assert written.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("method, changes, encoded_at, dtype", [
+    ("prefix", {"prefix_in_length": True, "max_length": 40}, 37, torch.float32),  # 40 - 3 prefixes
+    ("ft", {"precision": "bf16", "max_length": 40}, 40, torch.bfloat16),
+])
+def test_predict_encodes_and_computes_as_the_run_did(tmp_path, shared_data, tiny_bert, method, changes, encoded_at,
+                                                     dtype):
+    """A prefix run leaves room for its prefixes (RTE premises run past 40 tokens, so the room shows); a bf16
+    run predicts in bf16. The reference: the run's trained model, encoded and cast here by hand."""
+    from sat_ehft.pipeline import rebuild_stage_model
+    from sat_ehft.tasks import Encoding, encode_examples
+
+    data = official_subset(tmp_path / "data", shared_data, get_task("rte"))
+    config = Config(**{**CONFIG.__dict__, "epochs": 1, **changes})
+    run(RunSpec("rte", method, str(tiny_bert), str(data), 2, config), tmp_path / "run", log=lambda line: None)
+    predictions = predict(load_classifier(tmp_path / "run"), "dev", device="cpu")
+    backbone, model, _ = rebuild_stage_model(tmp_path / "run", "train")
+    task = get_task("rte")
+    examples = task.read(data, "dev")
+    features = encode_examples(task, examples, backbone.load_tokenizer(), Encoding(encoded_at))
+    assert max(len(f["input_ids"]) for f in features) == encoded_at  # truncation at work
+    batch = collate(features, backbone.load_tokenizer().pad_token_id)
+    with torch.no_grad():
+        logits = model.to(dtype).eval().encode(**model_inputs(batch)).float()[:, 0]
+    assert torch.allclose(predictions.probabilities[:, 1], torch.sigmoid(logits), atol=1e-6)
