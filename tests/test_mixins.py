@@ -112,8 +112,12 @@ def test_head_pooling_and_shapes():
     assert torch.allclose(span_head.final_forward(hidden, spans=spans), span_head.out(torch.relu(span_head.dense(pooled))))
 
     copa_head = ClassificationHead(16, 1, choices=2)
-    scores = copa_head.final_forward(hidden[:2].repeat(2, 1, 1))  # 2 examples x 2 choices, rows grouped
-    assert scores.shape == (2, 2)
+    rows = torch.randn(4, 5, 16)  # 2 examples x 2 choices, an example's choices on consecutive rows
+    with torch.no_grad():
+        scores = copa_head.final_forward(rows)
+        by_hand = [[copa_head.out(torch.relu(copa_head.dense(rows[2 * example + choice, 0])))[0] for choice in (0, 1)]
+                   for example in (0, 1)]  # each choice scored alone from its first token
+    assert torch.allclose(scores, torch.tensor(by_hand), atol=1e-6)
 
 
 def test_head_replaces_hidden_states_output(tmp_path):
