@@ -271,7 +271,8 @@ def difference_line(summary, chosen, tasks, method, baseline):
         if (task, method) not in chosen or (task, baseline) not in summary:
             cells.append("")
             continue
-        result = difference(summary[task, chosen[task, method]]["by_seed"]["best"], summary[task, baseline]["by_seed"]["best"])
+        ours, theirs = summary[task, chosen[task, method]], summary[task, baseline]
+        result = difference(ours["by_seed"]["best"], theirs["by_seed"]["best"])
         cells.append(f"{result.mean:+.2f} (p {result.p:.3f})")
     return f"| {method} − {baseline} | " + " | ".join(cells) + " |  |"
 

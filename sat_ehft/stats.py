@@ -50,9 +50,8 @@ def difference(scores, baseline):
 def _paired(differences):
     n, mean = len(differences), float(differences.mean())
     low, high = _t_interval(mean, _sd(differences) / math.sqrt(n), n - 1)
-    signs = _sign_patterns(n)
-    return Difference(mean, low, high, _two_sided_p((signs * differences).mean(axis=1), mean, exact=2 ** n <= EXACT_LIMIT),
-                      "paired")
+    null = (_sign_patterns(n) * differences).mean(axis=1)
+    return Difference(mean, low, high, _two_sided_p(null, mean, exact=2 ** n <= EXACT_LIMIT), "paired")
 
 
 def _unpaired(x, y):
