@@ -43,7 +43,7 @@ class Config:
     warmup: float = 0.1
     """Share of each stage's steps spent warming the learning rate up linearly, then decaying it (see lr_schedule)."""
     lr_schedule: str = "linear"
-    """'linear': warm-up, then decay to 0; 'sat-annealing': SAT's AnnealingLR as the original code ran it (5% of peak for 100 steps, decay to `warmup` x peak)."""
+    """'linear': warm-up, then decay to 0; 'sat-annealing': SAT's AnnealingLR as the original code ran it (a flat 5% of peak for 100 steps, decay to `warmup` x peak)."""
     weight_decay: float = 0.1
     """AdamW weight decay (paper 0.1; the original code used 0.01)."""
     adam_betas: tuple = (0.9, 0.98)

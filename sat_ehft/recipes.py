@@ -1,6 +1,6 @@
 """Recipe profiles: named sets of config values, applied under a config file's own keys and `--set`.
 
-`original` is what the authors' code (THUDM/Efficient-Head-Finetuning on SwissArmyTransformer 0.4.12) ran,
+`original` is what the authors' code (THUDM/Efficient-Head-Finetuning on the SAT fork, 0.1.9, it ships) ran,
 which produced the published numbers (../shared/ORIGINAL-SETUP.md); `paper` is the paper's text where it
 differs from that code; `none` leaves the dataclass defaults of sat_ehft.config.Config. Tasks, mixins and the
 trainer read the resolved keys, never a recipe's name. README.md's recipe table lists the same values (a
@@ -8,7 +8,7 @@ test keeps them equal).
 """
 
 ORIGINAL = {
-    "lr_schedule": "sat-annealing",  # SAT's AnnealingLR per stage: 5% for 100 steps, decay to 10% of peak
+    "lr_schedule": "sat-annealing",  # the fork's AnnealingLR per stage: a flat 5% for 100 steps, decay to 10% of peak
     "clip_grad": 0.1,
     "weight_decay": 0.01,
     "adam_betas": (0.9, 0.98),

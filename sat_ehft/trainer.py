@@ -98,15 +98,17 @@ SAT_AUTO_WARMUP_STEPS, SAT_AUTO_WARMUP_RATE = 100, 0.05
 
 
 def sat_annealing_schedule(total_steps, warmup_share):
-    """LR multiplier of SAT's AnnealingLR as the original code's finetune runs used it ('linear' decay): at most
-    5% of peak over the first 100 steps, linear warm-up over `warmup_share` of the steps, then a linear decay
-    that ends at `warmup_share` of peak, not 0. Step s (0-based) gets AnnealingLR's value at iteration s + 1."""
+    """LR multiplier of AnnealingLR as the original code's finetune runs used it ('linear' decay), from the SAT
+    fork (0.1.9) it shipped, training/learning_rates.py:43-50: a flat 5% of peak over the first 100 steps,
+    linear warm-up over `warmup_share` of the steps, then a linear decay that ends at `warmup_share` of peak,
+    not 0. Past the hold it equals SAT 0.4.12's AnnealingLR, which takes the smaller of 5% and the warm-up
+    during the hold instead. Step s (0-based) gets AnnealingLR's value at iteration s + 1."""
     warmup = warmup_share * total_steps
 
     def multiplier(step):
         iteration = step + 1
         if iteration <= SAT_AUTO_WARMUP_STEPS:
-            return min(SAT_AUTO_WARMUP_RATE, iteration / warmup) if warmup else SAT_AUTO_WARMUP_RATE
+            return SAT_AUTO_WARMUP_RATE
         if warmup > 0 and iteration <= warmup:
             return iteration / warmup
         return (total_steps - (iteration - warmup)) / total_steps
