@@ -190,6 +190,8 @@ def build_parser():
 
     task, method = registered(TASKS), registered(METHODS)
     tasks_help, methods_help = f"one of: {', '.join(TASKS)}", f"one of: {', '.join(METHODS)}"
+    recipes_help = ("'original' (what the authors' code ran; the shipped task configs'), 'paper' (the paper's text), "
+                    "'none' (the dataclass defaults; with --config FILE naming no recipe)")
     parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -216,8 +218,10 @@ def build_parser():
     source.add_argument("--hub", action="store_true", help="read the task from the Hugging Face hub")
     train.add_argument("--seed", type=int, default=1, help="random seed (head init, data order, dropout)")
     train.add_argument("--out", required=True, help="run folder; rerunning resumes it")
-    train.add_argument("--config", help="YAML config (default: the configs/<task>.yaml shipped with sat-ehft)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--config", help="YAML config (default: the configs/<task>.yaml shipped with sat-ehft, "
+                                        "whose recipe is 'original')")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override a config key; recipe=NAME picks a profile the other keys build on: {recipes_help}")
     train.add_argument("--stage", type=int, help="run only this stage (1-based), as finetune_scripts/ do")
     train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
     train.set_defaults(func=cmd_train)

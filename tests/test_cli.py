@@ -91,6 +91,9 @@ def test_help_lists_every_task_and_method():
                              cwd=REPO, timeout=120, env={**os.environ, "COLUMNS": "1000"})  # no wrapped lines
         assert run.returncode == 0
         assert f"one of: {', '.join(TASKS)}" in run.stdout and f"one of: {', '.join(METHODS)}" in run.stdout
+        if command == "train":  # the recipes by name, and which one the shipped configs use
+            assert "'original' (what the authors' code ran; the shipped task configs')" in run.stdout
+            assert "'paper' (the paper's text)" in run.stdout and "'none'" in run.stdout
 
 
 @pytest.mark.parametrize("option, value, message", [("--method", "ehft-adapter", "unknown method 'ehft-adapter'"),
