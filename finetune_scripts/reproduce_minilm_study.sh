@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
 # The converged MiniLM study committed in results/minilm-study (see its README): {CB, COPA, RTE, MRPC} x
 # {ft, lp-ft, ehft-bitfit, ehft-lora} x seeds 1-5 on all-MiniLM-L6-v2 with configs/minilm-study/, reported
-# against plain finetuning (`sat-ehft report --baseline ft`), with Figure 1 over every run.
-# Resumable: rerunning skips finished runs and resumes a killed one (sat-ehft sweep). About 10 hours on 2 CPU cores.
+# against plain finetuning (`sat-ehft report --baseline ft`), with Figure 1 over every finished run.
+#   bash finetune_scripts/reproduce_minilm_study.sh           run (or resume) the grid, then collect
+#   bash finetune_scripts/reproduce_minilm_study.sh collect   only collect what has finished (e.g. before a stop)
+# Resumable across machines: the grid starts from the finished runs committed in RESULTS (their result.json;
+# sweep skips them), a killed run resumes from its checkpoint where GRID survived. Collecting computes each newly
+# finished run's Figure 1 numbers while its weights are there (RUN/feature_change.json), so the committed results
+# need none. About 16 hours on 2 CPU cores, alone.
 # TASKS, METHODS and SEEDS narrow or widen it (one sweep per task, in this order); DATA_DIR [../shared/data];
 # GRID [runs/minilm-study] holds the run folders; RESULTS [results/minilm-study] gets the report, Figure 1 and
-# every run's result, run.json, logs and dev predictions (not the weights).
+# every finished run's result, run.json, logs, dev predictions and Figure 1 numbers (not the weights).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 grid=${GRID:-runs/minilm-study}
 results=${RESULTS:-results/minilm-study}
 data=${DATA_DIR:-$here/../../shared/data}
+collect() {
+  [ -n "$(find "$grid" -name result.json -print -quit 2>/dev/null)" ] || return 0
+  sat-ehft analyze 1 "$grid" --out "$grid/figure1"
+  sat-ehft report "$grid" --baseline ft
+  bash "$here/collect_results.sh" "$grid" "$results"
+  mkdir -p "$results/figure1" && cp "$grid"/figure1/* "$results/figure1/"
+}
+if [ "${1:-run}" = collect ]; then collect; exit; fi
+if [ -d "$results/runs" ]; then  # finished runs committed by an earlier session, perhaps on another machine
+  (cd "$results/runs" && find . -name result.json) | while read -r finished; do
+    run=$(dirname "$finished")
+    [ -e "$grid/$run/result.json" ] || { mkdir -p "$grid/$run" && cp -r "$results/runs/$run/." "$grid/$run/"; }
+  done
+fi
 for task in ${TASKS:-cb copa rte mrpc}; do
   # shellcheck disable=SC2086  # lists of names
   sat-ehft sweep --tasks "$task" --methods ${METHODS:-ft lp-ft ehft-bitfit ehft-lora} --seeds ${SEEDS:-1 2 3 4 5} \
     --model all-MiniLM-L6-v2 --data-dir "$data" --config-dir "$here/../configs/minilm-study" --out "$grid"
+  collect
 done
-sat-ehft report "$grid" --baseline ft
-sat-ehft analyze 1 "$grid" --out "$grid/figure1"
-bash "$here/collect_results.sh" "$grid" "$results"
-cp -r "$grid/figure1" "$results/"

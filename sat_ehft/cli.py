@@ -130,10 +130,10 @@ def cmd_analyze(args):
     from sat_ehft.analyze import FIGURES
 
     runs = []
-    for folder in map(Path, args.runs):  # a run folder, or a grid folder holding run folders
-        runs += [folder] if (folder / "run.json").is_file() else sorted(p.parent for p in folder.rglob("run.json"))
+    for folder in map(Path, args.runs):  # a run folder, or a grid folder holding run folders (its finished ones)
+        runs += [folder] if (folder / "run.json").is_file() else sorted(p.parent for p in folder.rglob("result.json"))
     if not runs:
-        raise FileNotFoundError(f"no run folders (with run.json) in {' '.join(args.runs)}")
+        raise FileNotFoundError(f"no run folders (with run.json, or finished: result.json) in {' '.join(args.runs)}")
     FIGURES[args.figure](runs, args.out)
     print(f"wrote {args.out}: figure {args.figure} (PNG and JSON)")
 
@@ -276,7 +276,8 @@ def build_parser():
     analyze = commands.add_parser("analyze", help="a figure of the paper from run folders (PNG + JSON)")
     analyze.add_argument("figure", choices=["1", "4", "5", "6", "7"],
                          help="1 feature change, 4 t-SNE of the head, 5 weight distance, 6 Stage-1 share, 7 loss")
-    analyze.add_argument("runs", nargs="+", help="run folders (sat-ehft train --out ...) or grid folders holding them")
+    analyze.add_argument("runs", nargs="+",
+                         help="run folders (sat-ehft train --out ...) or grid folders holding them (their finished runs)")
     analyze.add_argument("--out", required=True, help="folder for figureN_*.png and .json")
     analyze.set_defaults(func=cmd_analyze)
 

@@ -155,3 +155,20 @@ def test_figure1_spreads_are_per_task_and_method_over_seeds():
     assert spread["cb"]["ft"] == {"distance": {"mean": 3.0, "std": pytest.approx(np.std([2.0, 4.0], ddof=1)), "runs": 2}}
     assert spread["rte"]["ft"]["distance"]["mean"] == 10.0  # another task is never mixed in
     assert spread["cb"]["lp-ft"]["stage1_distance"] == {"mean": 3.0, "std": 0.0, "runs": 1}
+
+
+def test_figure1_keeps_each_finished_runs_numbers_and_needs_no_weights_after(tmp_path, runs):
+    """Committed results keep no weights: a run's Figure 1 numbers are read back from RUN/feature_change.json
+    while its result.json is unchanged, and computed afresh (here: refused, no weights) once it changes."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["ehft-bitfit-0.1"], run)
+    first = FIGURES["1"]([run], tmp_path / "first")["runs"][str(run)]
+    for stage in ("stage1", "stage2"):
+        (run / stage / "trained.pt").unlink()
+    assert FIGURES["1"]([run], tmp_path / "again")["runs"][str(run)] == first
+    result = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**result, "seed": 99}))  # as a rerun of the run would
+    with pytest.raises(FileNotFoundError, match="trained.pt: missing"):
+        FIGURES["1"]([run], tmp_path / "stale")

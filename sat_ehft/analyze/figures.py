@@ -1,5 +1,6 @@
 """One function per figure: read run folders, compute, write FIGURE.png and FIGURE.json into `out`."""
 
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -66,31 +67,28 @@ def _final_stage(run):
     return _stage_names(run)[-1]
 
 
+FEATURE_CHANGE = "feature_change.json"  # a run's own Figure 1 numbers, kept beside its results
+
+
 def feature_change(runs, out, stage=None):
     """Figure 1: L2 distance between the head's input features on the training set, pretrained backbone vs
     the backbone each run left (its final stage, or `stage`), averaged over examples, then its mean and spread
-    over seeds per task and method. For a
-    two-stage method also the distance between Stage 1's features (its PET module in place) and the final
-    stage's, the paper's section 2 measure (EH-FT(PT) 27.4, EH-FT(BitFit) 27.9, LP-FT 36.7)."""
-    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
-    from sat_ehft.analyze.features import feature_change as distance
-    from sat_ehft.pipeline import rebuild_stage_model
-
+    over seeds per task and method. For a two-stage method also the distance between Stage 1's features (its
+    PET module in place) and the final stage's, the paper's section 2 measure (EH-FT(PT) 27.4, EH-FT(BitFit)
+    27.9, LP-FT 36.7). A finished run's final-stage numbers are written to RUN/feature_change.json with a hash
+    of its result.json, and read from there while that hash holds, so a figure over committed results (which
+    keep no weights) needs none."""
     per_run = {}
     for run in runs:
-        final = stage or _final_stage(run)
-        backbone, model, spec = rebuild_stage_model(run, final)
-        tokenizer = backbone.load_tokenizer()
-        _, train = encoded(spec, tokenizer, "train")  # once per run, scored by up to three models
-        after = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
-        per_run[str(run)] = {"method": spec.method, "task": spec.task}
-        first = _stage_names(run)[0]
-        if first != final:
-            stage1 = head_inputs_and_hidden(rebuild_stage_model(run, first)[1], train, tokenizer.pad_token_id)[0]
-            per_run[str(run)]["stage1_distance"] = distance(stage1, after)
-        _strip_to_pretrained(model, backbone)
-        before = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
-        per_run[str(run)]["distance"] = distance(before, after)
+        saved, result = Path(run) / FEATURE_CHANGE, Path(run) / "result.json"
+        finished = hashlib.sha256(result.read_bytes()).hexdigest() if stage is None and result.is_file() else None
+        kept = json.loads(saved.read_text(encoding="utf-8")) if finished and saved.is_file() else {}
+        if finished and kept.get("result_sha256") == finished:
+            per_run[str(run)] = {k: v for k, v in kept.items() if k != "result_sha256"}
+            continue
+        per_run[str(run)] = _run_feature_change(run, stage)
+        if finished:
+            write_json(saved, {**per_run[str(run)], "result_sha256": finished})
     data = {"runs": per_run, "by_task": _spread_by_task_and_method(per_run, ("distance", "stage1_distance"))}
 
     def draw(plt):
@@ -109,6 +107,28 @@ def feature_change(runs, out, stage=None):
         return figure
 
     return _save(out, "figure1_feature_change", data, draw)
+
+
+def _run_feature_change(run, stage):
+    """{'method', 'task', 'distance'[, 'stage1_distance']} of one run (see feature_change)."""
+    from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
+    from sat_ehft.analyze.features import feature_change as distance
+    from sat_ehft.pipeline import rebuild_stage_model
+
+    final = stage or _final_stage(run)
+    backbone, model, spec = rebuild_stage_model(run, final)
+    tokenizer = backbone.load_tokenizer()
+    _, train = encoded(spec, tokenizer, "train")  # once per run, scored by up to three models
+    after = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
+    entry = {"method": spec.method, "task": spec.task}
+    first = _stage_names(run)[0]
+    if first != final:
+        stage1 = head_inputs_and_hidden(rebuild_stage_model(run, first)[1], train, tokenizer.pad_token_id)[0]
+        entry["stage1_distance"] = distance(stage1, after)
+    _strip_to_pretrained(model, backbone)
+    before = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
+    entry["distance"] = distance(before, after)
+    return entry
 
 
 def _spread_by_task_and_method(per_run, keys):
