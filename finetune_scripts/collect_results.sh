@@ -6,5 +6,10 @@ grid=${1:?usage: collect_results.sh GRID RESULTS}
 results=${2:?usage: collect_results.sh GRID RESULTS}
 mkdir -p "$results"
 cp "$grid/report.md" "$grid/report.csv" "$grid/runs.csv" "$grid/grid.json" "$results/"
-(cd "$grid" && find . -name result.json -o -name dev_predictions.json -o -name feature_change.json -o -name metrics.jsonl -o -name train_loss.jsonl -o -name run.json) |
-  while read -r file; do mkdir -p "$results/runs/$(dirname "$file")"; cp "$grid/$file" "$results/runs/$file"; done
+# Finished runs only (a run folder with result.json): a half-run folder is resumed from GRID, never from here.
+(cd "$grid" && find . -name result.json) | while read -r finished; do
+  run=$(dirname "$finished")
+  (cd "$grid/$run" && find . -name result.json -o -name dev_predictions.json -o -name feature_change.json \
+     -o -name metrics.jsonl -o -name train_loss.jsonl -o -name run.json) |
+    while read -r file; do mkdir -p "$results/runs/$run/$(dirname "$file")"; cp "$grid/$run/$file" "$results/runs/$run/$file"; done
+done
