@@ -45,8 +45,8 @@ from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
-from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.ranks import barrier, is_main
+from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.tasks import Encoding, get_task
 from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, resolve_precision, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog

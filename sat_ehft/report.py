@@ -191,7 +191,7 @@ def to_markdown(rows, summary, missing, table, baseline, runs):
               "mean over seeds. A searched method's paper score stands beside its best setting "
               "only. dev ±: half the width of a run's 95% bootstrap interval of its best score over the dev "
               "examples, mean over seeds (the noise of the dev set alone; runs listed under Runs).", "",
-              *(against_lines(rows, baseline) if baseline else []), *paper_view(summary, table, baseline),
+              *(against_lines(rows, baseline) if baseline else []), *paper_view(summary, table, baseline, rows),
               "## Seeds", ""]
     lines += [f"- {task} {label}: {', '.join(map(str, entry['seeds']))}" for (task, label), entry in summary.items()]
     lines += ["", "## Missing runs", ""]
@@ -241,7 +241,7 @@ RESAMPLE_NOTE = (f"percentile bootstrap, {RESAMPLES:,} resamples of the dev exam
                  f"its questions), the task's metric recomputed on each, seed {SEED} (sat_ehft.stats).")
 
 
-def paper_view(summary, table, baseline=None):
+def paper_view(summary, table, baseline=None, rows=()):
     """The table as the paper prints it: one row per method, best mean per task (searched methods at their
     best setting, named), and Avg over the tasks when every one is there; the paper's row below ours; with a
     baseline, each method's best-epoch difference from it and the p-value below that."""
@@ -259,21 +259,17 @@ def paper_view(summary, table, baseline=None):
         if any(v is not None for v in paper):
             lines.append(row_line(f"{method}, paper", paper, len(TASK_COLUMNS)))
         if baseline and method != baseline:
-            lines.append(difference_line(summary, chosen, tasks, method, baseline))
+            lines.append(difference_line({(r["task"], r["method"]): r for r in rows}, chosen, tasks, method, baseline))
     notes = INCONSISTENCIES.get(table, [])
     return lines + [""] + [f"Paper note: {note}" for note in notes] + ([""] if notes else [])
 
 
-def difference_line(summary, chosen, tasks, method, baseline):
-    """A row of `method`'s best-score difference from `baseline` per task, 'Δ (p)'."""
+def difference_line(rows, chosen, tasks, method, baseline):
+    """A row of `method`'s best-score difference from `baseline` per task, 'Δ (p)', as report_rows computed it."""
     cells = []
     for task in tasks:
-        if (task, method) not in chosen or (task, baseline) not in summary:
-            cells.append("")
-            continue
-        ours, theirs = summary[task, chosen[task, method]], summary[task, baseline]
-        result = difference(ours["by_seed"]["best"], theirs["by_seed"]["best"])
-        cells.append(f"{result.mean:+.2f} (p {result.p:.3f})")
+        row = rows.get((task, chosen.get((task, method))), {})
+        cells.append("" if row.get("best_diff") is None else f"{row['best_diff']:+.2f} (p {row['best_diff_p']:.3f})")
     return f"| {method} − {baseline} | " + " | ".join(cells) + " |  |"
 
 

@@ -58,11 +58,10 @@ class GridSettings:
     def check(self, runs):
         """Every run's config loads and can train (unknown keys, bad values, a stage left without epochs), so
         that a mistake fails the sweep before anything is written rather than every run on its own."""
-        from sat_ehft.config import load_config, parse_overrides
         from sat_ehft.methods import get_method
 
         for run in runs:
-            get_method(run.method).check(load_config(self.config_file(run), parse_overrides(self.overrides(run))))
+            get_method(run.method).check(self.spec(run).config)
 
     def spec(self, run):
         """The RunSpec `sat-ehft train` records for `run` (its run.json)."""
