@@ -13,13 +13,14 @@ from pathlib import Path
 
 import yaml
 
+from sat_ehft.precision import PRECISIONS
 from sat_ehft.recipes import RECIPES, recipe_values
 from sat_ehft.tracking import TRACKERS
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STAGE1_MODES = ("share-of-total", "stage2-fixed")
 PAIR_INPUTS = ("standard", "original")  # sat_ehft.tasks.base.Task.input_fields reads them
 LR_SCHEDULES = ("linear", "sat-annealing")  # sat_ehft.trainer.LR_SCHEDULES implements them
+DATA_ORDERS = ("reshuffle", "original")  # sat_ehft.data_order implements them
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,15 @@ class Config:
     pair_input: str = "standard"
     """'standard': BoolQ and QNLI question first; 'original': passage (sentence) first, and every pair truncates only its first segment."""
     precision: str = "fp32"
-    """'fp32', 'bf16', 'fp16' (the paper trained in fp16), or 'auto': bf16 on a GPU that has it, else fp16; fp32 on CPU."""
+    """'fp32', 'bf16', 'fp16', 'auto' (bf16 on a GPU that has it, else fp16; fp32 on CPU) or 'fp16-on-gpu' (fp16 on a GPU, fp32 on CPU: the original)."""
+    loss_scale_power: int = 16
+    """fp16: the dynamic loss scale starts at 2^this (DeepSpeed's default in 2022, which the original ran: 32)."""
+    loss_scale_window: int = 1000
+    """fp16: steps without an overflow before the loss scale doubles (the original: 400)."""
+    loss_scale_hysteresis: int = 2
+    """fp16: overflows in a row that the loss scale tolerates before it halves."""
+    min_loss_scale: int = 1
+    """fp16: the loss scale never falls below this."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0 to 2."""
     lora_r: int = 8
@@ -76,14 +85,20 @@ class Config:
     """'hf': layers as HF counts them (the final LayerNorm trains); 'sat': SAT's layers whole, final LayerNorm frozen (the original code)."""
     bitfit_final_layernorm: bool = True
     """BitFit also trains the final LayerNorm's bias (the original code did not)."""
+    bitfit_head_bias: str = "carry"
+    """EH-FT(BitFit)'s Stage 2: 'carry' the Stage-1 head's biases with its weights; 'reinit' them (the original code carried the weights only)."""
     mixout_p: float = 0.7
     """Mixout: probability of swapping a weight entry for its pretrained value (searched in {0.7, 0.8, 0.9})."""
     mixout_draw: str = "element"
     """Mixout: 'element' draws per weight entry (the method's paper); 'column' per input column (the original code)."""
     mixout_zero_dropout: bool = False
     """Mixout: set every dropout of the model to 0 while it trains (the original code did)."""
+    mixout_head: bool = False
+    """Mixout also mixes the head's two Linear layers, towards their initial (random) weights (the original code did)."""
     child_tuning_keep: float = 0.3
     """Child-Tuning_D: fraction of backbone entries, by Fisher information, that train (the original EH-FT code: 0.1)."""
+    child_tuning_mask: bool = True
+    """Child-Tuning_D masks the gradients outside its child network; false: its Fisher is measured and reported but every entry trains (the original code's mask never reached the optimizer)."""
     child_tuning_fisher: str = "backbone"
     """Child-Tuning_D's Fisher: 'backbone' (every backbone tensor, eval mode); 'original' (layers only, train mode, gradients clipped to 1)."""
     child_tuning_optimizer: str = "config"
@@ -94,10 +109,12 @@ class Config:
     """Batch training sequences of similar length together (less padding; batches still shuffled)."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating."""
+    data_order: str = "reshuffle"
+    """'reshuffle': a fresh order every epoch, evaluated per epoch; 'original': one permutation per seed for every epoch and stage, batches across epochs, evaluated every N // batch_size steps (sat_ehft.data_order)."""
     eval_every: int = 1
-    """Epochs between dev evaluations, a stage's last epoch always evaluated (1: every epoch, as the paper did)."""
+    """Epochs (data_order original: evaluation intervals) between dev evaluations, a stage's last always evaluated (1: every one, as the paper did)."""
     best_metric: str = ""
-    """The dev metric that picks the best epoch and is reported; '' for the task's first (Table 2 reports STS-B's spearman)."""
+    """The dev metric that picks the best epoch and is reported; '' the task's first; 'original' the one the paper's numbers most probably are (MRPC accuracy)."""
     log_every: int = 20
     """Optimizer steps between reads of the training loss on the host (each read waits for the device); all are logged."""
     checkpoint_minutes: float = 30.0
@@ -113,7 +130,8 @@ class Config:
 
     def __post_init__(self):
         positive = ("epochs", "lr", "max_length", "lora_r", "prefix_len", "batch_size", "micro_batch_size",
-                    "eval_batch_size", "eval_every", "log_every")
+                    "eval_batch_size", "eval_every", "log_every", "loss_scale_window", "loss_scale_hysteresis",
+                    "min_loss_scale")
         zero_or_less = [name for name in positive if not getattr(self, name) > 0]
         if zero_or_less:  # checked first: the checks below divide by some of them
             raise ValueError(f"invalid config: {', '.join(zero_or_less)} must be positive")
@@ -122,8 +140,12 @@ class Config:
             (self.recipe in RECIPES, f"recipe must be one of {tuple(RECIPES)}"),
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.data_order in DATA_ORDERS, f"data_order must be one of {DATA_ORDERS}"),
+            (not (self.group_by_length and self.data_order == "original"),
+             "group_by_length needs data_order: reshuffle (the original order keeps one permutation)"),
             (self.pair_input in PAIR_INPUTS, f"pair_input must be one of {PAIR_INPUTS}"),
             (self.top_k_layers in ("hf", "sat"), "top_k_layers must be 'hf' or 'sat'"),
+            (self.bitfit_head_bias in ("carry", "reinit"), "bitfit_head_bias must be 'carry' or 'reinit'"),
             (self.mixout_draw in ("element", "column"), "mixout_draw must be 'element' or 'column'"),
             (self.child_tuning_fisher in ("backbone", "original"), "child_tuning_fisher must be 'backbone' or 'original'"),
             (self.child_tuning_optimizer in ("config", "original"), "child_tuning_optimizer must be 'config' or 'original'"),

@@ -25,7 +25,7 @@ from sat_ehft.mixins import HEAD_NAME
 from sat_ehft.mixins.lora import merged_state
 from sat_ehft.predict import load_classifier
 from sat_ehft.tasks import get_task
-from sat_ehft.trainer import resolve_precision
+from sat_ehft.precision import resolve_precision
 
 # Mixins that leave the classifier a plain encoder plus the head once exported (LoRA: merged).
 EXPORTABLE_MIXINS = (HEAD_NAME, "lora", "mixout")

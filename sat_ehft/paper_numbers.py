@@ -51,3 +51,21 @@ INCONSISTENCIES = {
     "4": ["r = 8 BoolQ is 86.89 here but 86.69 in Table 1 and in the authors' repository; the r = 8 row equals "
           "Table 1's EH-FT(LoRA) only for RTE and QNLI."],
 }
+
+# Columns whose numbers are very probably another metric than the paper's text names: {task: (text's, probable)}.
+PROBABLE_METRICS = {"mrpc": ("f1", "accuracy")}
+PROBABLE_METRIC_WHY = ("its Liu et al. reference row, 90.90, is RoBERTa-large's published dev accuracy, RoBERTa-large's "
+                       "F1 runs about 2.5 points above its accuracy, and the original code logged both")
+
+
+def metric_note(task, metric):
+    """What a report says when it sets our `task` scores, measured in `metric`, beside the paper's column."""
+    if task not in PROBABLE_METRICS:
+        return None
+    text, probable = PROBABLE_METRICS[task]
+    if metric == probable:
+        return (f"{task.upper()} is compared on {probable} (best_metric: original): the paper's text says {text}, but its "
+                f"column is very probably {probable} ({PROBABLE_METRIC_WHY}).")
+    return (f"{task.upper()} is compared on {metric}; the paper's column is very probably {probable} "
+            f"({PROBABLE_METRIC_WHY}), so expect ours about 2-3 points above it; best_metric: original (the original "
+            f"recipe's) compares {probable}.")

@@ -48,7 +48,8 @@ from sat_ehft.mixins.child_tuning import mask_to_child_network
 from sat_ehft.ranks import barrier, is_main
 from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.tasks import Encoding, get_task
-from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, resolve_precision, train_stage
+from sat_ehft.precision import resolve_precision, skipped_steps
+from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
 
 
@@ -121,6 +122,9 @@ def carried_names(model, what, config):
     names = [n for n, _ in model.named_parameters()]
     if what == "bias":
         return set(bias_names(model, config.bitfit_final_layernorm))
+    if what == "bitfit-head":  # left out, the biases keep the fresh head's initial values
+        head = carried_names(model, "head", config)
+        return head if config.bitfit_head_bias == "carry" else {n for n in head if not n.endswith(".bias")}
     return {n for n in names if n.startswith(f"mixins.{what}.")}
 
 
@@ -179,9 +183,13 @@ def save_model(model, backbone, folder):
 
 
 def selection_metric(task, config):
-    """The metric that picks the best epoch: config.best_metric, else the task's first."""
+    """The metric that picks the best epoch: config.best_metric; '' the task's first (the paper's text's);
+    'original' the one the paper's numbers most probably are (MRPC: accuracy, see Task.original_metric)."""
+    if config.best_metric == "original":
+        return task.original_metric
     if config.best_metric and config.best_metric not in task.metrics:
-        raise ValueError(f"best_metric={config.best_metric!r}: task {task.name} reports {', '.join(task.metrics)}")
+        raise ValueError(f"best_metric={config.best_metric!r}: task {task.name} reports {', '.join(task.metrics)} "
+                         "(or 'original')")
     return config.best_metric or task.metrics[0]
 
 
@@ -214,6 +222,7 @@ class PreparedStage:
     tokenizer: object
     train: list  # encoded examples
     dev: list
+    reported: dict  # what done.json reports of how the stage was prepared (Child-Tuning_D's Fisher), by topic
 
 
 def prepare_stage(spec, out, index):
@@ -230,10 +239,11 @@ def prepare_stage(spec, out, index):
         previous = method.stages[index - 1]
         load_carried(model, Path(out) / previous.name / "trained.pt", stage.carries, backbone.fingerprint,
                      stage_origin(spec, previous), spec.config)
+    reported = {}
     if stage.fisher_mask:
-        mask_to_child_network(model, task, train, spec.config.micro_batch_size, spec.config.child_tuning_keep,
-                              tokenizer.pad_token_id, spec.config.child_tuning_fisher)
-    return PreparedStage(backbone, model, trainable, tokenizer, train, dev)
+        reported["child_tuning"] = mask_to_child_network(model, task, train, spec.config.micro_batch_size,
+                                                         tokenizer.pad_token_id, spec.config)
+    return PreparedStage(backbone, model, trainable, tokenizer, train, dev, reported)
 
 
 def training_config(config, stage):
@@ -264,10 +274,10 @@ def run_stage(spec, out, index):
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
-            "precision": resolve_precision(spec.config.precision),
+            "precision": resolve_precision(spec.config.precision), "skipped_steps": skipped_steps(records),
             "seconds": round(time.perf_counter() - started, 2),
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
-            **summarize(task, records, spec.config)}
+            **ready.reported, **summarize(task, records, spec.config)}
     if is_main():
         save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, stage_origin(spec, stage),
                      folder / "trained.pt")
@@ -347,15 +357,17 @@ def write_result(spec, out, method):
     if not all(stages):
         return None
     final, metric = stages[-1], stages[-1]["metric"]
-    every_evaluation = [r[metric] for s in method.stages
-                        for r in map(json.loads, (Path(out) / s.name / "metrics.jsonl").read_text().splitlines())
-                        if metric in r]
+    records = [r for s in method.stages
+               for r in map(json.loads, (Path(out) / s.name / "metrics.jsonl").read_text().splitlines())]
+    # The original code reported a running maximum of each metric over every evaluation, Stage 1's included.
+    maxima = {name: max(r[name] for r in records if name in r) for name in get_task(spec.task).metrics}
     result = {"task": spec.task, "method": spec.method, "seed": spec.seed, "metric": metric,
               "best": final["best"][metric], "best_epoch": final["best"]["epoch"], "last": final["last"][metric],
               # the best epoch predicted one class for every dev example (or one value): a failed run
               "collapsed": final["best"].get("collapsed"),
-              # The original code reported this: a running maximum over every evaluation, Stage 1's included.
-              "max_over_all_stages": max(every_evaluation),
+              "max_over_all_stages": maxima[metric], "max_over_all_stages_by_metric": maxima,
+              # the score set beside the paper's: the original's running maximum where the run trained as it did
+              "reported": "max_over_all_stages" if spec.config.data_order == "original" else "best",
               "stages": {s.name: done for s, done in zip(method.stages, stages)}}
     if is_main():
         write_json(Path(out) / "result.json", result)

@@ -22,7 +22,8 @@ from sat_ehft.atomic import write_text
 from sat_ehft.methods import get_method
 from sat_ehft.pipeline import read_run, rebuild_stage_model, run_encoding, stage_done
 from sat_ehft.tasks import encode_examples, get_task
-from sat_ehft.trainer import head_scores, resolve_precision
+from sat_ehft.precision import resolve_precision
+from sat_ehft.trainer import head_scores
 
 MODEL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = ("jsonl", "leaderboard")

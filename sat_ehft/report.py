@@ -3,14 +3,16 @@
 Scores are shown as percentages (correlations x 100), as the paper prints them. The std is the sample
 standard deviation over seeds (0 for a single seed). "best" is the final stage's best epoch by the
 run's selection metric; "last" its last epoch; the original code's number (a running maximum over every
-evaluation, Stage 1 included) is shown as "max all stages" and never used for the comparison.
+evaluation, Stage 1 included) is shown as "max all stages". "reported" is the one set beside the paper's: "max
+all stages" for runs trained in the original's data order and evaluation cadence (config data_order:
+original, as the original recipe), "best" otherwise.
 "collapsed" counts the seeds whose best epoch predicted a single class (or value) for the whole dev set;
 "train acc" is the final stage's training accuracy in its last epoch (classification tasks), which tells a
 run that could not fit its training set from one that overfit it.
 
-The paper's view (one row per method, its tasks and their Avg) takes, for a method the paper searched
-(Top-K over k, Mixout over p and LR, Child-Tuning_D over its fraction), the setting with the best mean per
-task, and names it.
+The paper's view (one row per method, its tasks and their Avg; each cell the reported score) takes, for a
+method the paper searched (Top-K over k, Mixout over p and LR, Child-Tuning_D over its fraction), the setting
+with the best reported mean per task, and names it.
 
 How sure a number is (sat_ehft.stats): each run's best and last dev scores get a 95% bootstrap interval over
 the dev examples ("dev ±" is its mean half-width per cell), and with a baseline method every other method of
@@ -27,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from sat_ehft.atomic import write_text
-from sat_ehft.paper_numbers import INCONSISTENCIES, SEARCHED, TABLES, TASK_COLUMNS
+from sat_ehft.metrics import METRICS
+from sat_ehft.paper_numbers import INCONSISTENCIES, SEARCHED, TABLES, TASK_COLUMNS, metric_note
 from sat_ehft.stats import RESAMPLES, SEED, bootstrap_interval, difference
 from sat_ehft.sweep import is_finished, read_grid
 
@@ -42,11 +45,28 @@ def collect(out):
         result = json.loads(path.read_text(encoding="utf-8"))
         label = path.parent.parent.name.replace("__", " ")
         rows.append({"task": result["task"], "label": label, "seed": result["seed"], "metric": result["metric"],
+                     "also": other_metrics(result), "variant": variant(result),
+                     "reported": result.get("reported", "best"),
                      "seconds": sum(stage["seconds"] for stage in result["stages"].values()),
                      "collapsed": bool(result.get("collapsed")),
                      "train_accuracy": final_train_accuracy(result),
                      **{score: 100 * result[score] for score in SCORES}, **dev_intervals(path.parent, result)})
     return rows
+
+
+def variant(result):
+    """How a run ran where one method name covers two ways: Child-Tuning_D masked, or as the original ran it."""
+    child_tuning = list(result["stages"].values())[-1].get("child_tuning")
+    if child_tuning is None:
+        return ""
+    return "masked" if child_tuning["mask_applied"] else "mask not applied, as the original ran"
+
+
+def other_metrics(result):
+    """{metric: value x 100} of the final stage's best epoch, for the task's metrics besides the selecting one
+    (MRPC: accuracy beside F1, or F1 beside accuracy; STS-B: Spearman beside Pearson)."""
+    best = list(result["stages"].values())[-1]["best"]
+    return {name: 100 * value for name, value in best.items() if name in METRICS and name != result["metric"]}
 
 
 def dev_intervals(folder, result):
@@ -88,6 +108,12 @@ def aggregate(rows):
         for score in SCORES:
             entry[f"{score}_mean"], entry[f"{score}_std"] = mean_std([m[score] for m in members])
         entry["seconds"] = mean_std([m["seconds"] for m in members])[0]
+        entry["variant"] = " / ".join(sorted({m["variant"] for m in members if m["variant"]}))
+        reported = {m["reported"] for m in members}  # the score set beside the paper's (see sat_ehft.pipeline)
+        entry["reported"] = reported.pop() if len(reported) == 1 else "best"
+        entry["reported_mean"] = entry[f"{entry['reported']}_mean"]
+        entry["also"] = {name: mean_std([m["also"][name] for m in members]) for name in members[0]["also"]
+                         if all(name in m["also"] for m in members)}
         entry["collapsed"] = sum(m["collapsed"] for m in members)
         entry["by_seed"] = {score: {m["seed"]: m[score] for m in members} for score in COMPARED}
         widths = [(m["best_interval"][1] - m["best_interval"][0]) / 2 for m in members if m["best_interval"]]
@@ -117,7 +143,7 @@ def chosen_settings(summary):
     chosen = {}
     for (task, label), entry in summary.items():
         key = task, base_method(label) if base_method(label) in SEARCHED else label
-        if key not in chosen or entry["best_mean"] > summary[task, chosen[key]]["best_mean"]:
+        if key not in chosen or entry["reported_mean"] > summary[task, chosen[key]]["reported_mean"]:
             chosen[key] = label
     return chosen
 
@@ -129,11 +155,14 @@ def report_rows(summary, table, baseline=None):
         against = {} if baseline is None else against_baseline(summary, task, label, baseline)
         paper = paper_value(table, task, label) if label in chosen else None
         ft = summary.get((task, "ft"))
-        rows.append({"task": task, "method": label, "metric": entry["metric"], "seeds": len(entry["seeds"]),
+        rows.append({"task": task, "method": label, "variant": entry["variant"], "metric": entry["metric"],
+                     "also": "; ".join(f"{name} {mean:.2f} ± {std:.2f}" for name, (mean, std) in entry["also"].items()),
+                     "seeds": len(entry["seeds"]),
                      "collapsed": entry["collapsed"],
                      "train_accuracy": None if entry["train_accuracy"] is None else round(entry["train_accuracy"], 2),
                      **{k: round(v, 2) for k, v in entry.items() if k.endswith(("_mean", "_std"))},
-                     "paper": paper, "best_minus_paper": None if paper is None else round(entry["best_mean"] - paper, 2),
+                     "reported": entry["reported"], "paper": paper,
+                     "reported_minus_paper": None if paper is None else round(entry["reported_mean"] - paper, 2),
                      "seconds": round(entry["seconds"], 1),
                      # wall time against plain finetuning of the same task (the same total epochs)
                      "time_vs_ft": round(entry["seconds"] / ft["seconds"], 3) if ft else None,
@@ -169,28 +198,37 @@ def to_csv(rows):
 def to_markdown(rows, summary, missing, table, baseline, runs):
     paper = f"paper (Table {table})" if table else "paper"
     lines = ["| task | method | metric | seeds | collapsed | train acc | best (mean ± std) | last (mean ± std) | "
-             f"max all stages | {paper} | best − paper | seconds | time / ft | dev ± |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"max all stages | reported | {paper} | reported − paper | seconds | time / ft | dev ± | also at best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        diff = "" if row["best_minus_paper"] is None else f"{row['best_minus_paper']:+.2f}"
+        diff = "" if row["reported_minus_paper"] is None else f"{row['reported_minus_paper']:+.2f}"
+        reported = "max all stages" if row["reported"] == "max_over_all_stages" else row["reported"]
         versus_ft = "" if row["time_vs_ft"] is None else f"{row['time_vs_ft']:.2f}"
         train = "" if row["train_accuracy"] is None else f"{row['train_accuracy']:.2f}"
         halfwidth = "" if row["dev_halfwidth"] is None else f"{row['dev_halfwidth']:.2f}"
-        lines.append(f"| {row['task']} | {row['method']} | {row['metric']} | {row['seeds']} | {row['collapsed']} | "
+        method = row["method"] + (f" [{row['variant']}]" if row["variant"] else "")
+        lines.append(f"| {row['task']} | {method} | {row['metric']} | {row['seeds']} | {row['collapsed']} | "
                      f"{train} | {row['best_mean']:.2f} ± {row['best_std']:.2f} | "
                      f"{row['last_mean']:.2f} ± {row['last_std']:.2f} | "
-                     f"{row['max_over_all_stages_mean']:.2f} | {'' if row['paper'] is None else row['paper']} | {diff} | "
-                     f"{row['seconds']:.0f} | {versus_ft} | {halfwidth} |")
+                     f"{row['max_over_all_stages_mean']:.2f} | {reported} | {'' if row['paper'] is None else row['paper']} | "
+                     f"{diff} | "
+                     f"{row['seconds']:.0f} | {versus_ft} | {halfwidth} | {row['also']} |")
     lines += ["", "best: the final stage's best epoch by the run's selection metric (config best_metric, by default the "
               "task's first); last: its last epoch; "
               "max all stages: the running maximum over every evaluation, Stage 1 included (what the original "
-              "code reported). Scores x 100; std over seeds (sample). seconds: mean wall time of a run, every "
+              "code reported); reported: the score set beside the paper's, and in the paper's view (max all stages "
+              "where the runs trained with data_order original, as the original code, else best). Scores x 100; std "
+              "over seeds (sample). seconds: mean wall time of a run, every "
               "stage included (model loading and evaluation too); time / ft: against plain finetuning of the "
               "same task, which gets the same total epochs. collapsed: seeds whose best epoch predicted one class "
               "(or value) for every dev example; train acc: the final stage's training accuracy in its last epoch, "
               "mean over seeds. A searched method's paper score stands beside its best setting "
               "only. dev ±: half the width of a run's 95% bootstrap interval of its best score over the dev "
-              "examples, mean over seeds (the noise of the dev set alone; runs listed under Runs).", "",
+              "examples, mean over seeds (the noise of the dev set alone; runs listed under Runs). also at best: the "
+              "task's other metrics at the same best epochs, mean ± std (MRPC's accuracy beside its F1). [mask not applied, "
+              "as the original ran]: Child-Tuning_D run with child_tuning_mask false, i.e. plain finetuning with its "
+              "Fisher measured (the published row, see README: Recipes); [masked]: the method as its paper defines "
+              "it.", "",
               *(against_lines(rows, baseline) if baseline else []), *paper_view(summary, table, baseline, rows),
               "## Seeds", ""]
     lines += [f"- {task} {label}: {', '.join(map(str, entry['seeds']))}" for (task, label), entry in summary.items()]
@@ -251,7 +289,7 @@ def paper_view(summary, table, baseline=None, rows=()):
     lines = ["## The paper's view", "", "| method | " + " | ".join(tasks) + " | Avg |",
              "|---|" + "---|" * (len(tasks) + 1)]
     for method in methods:
-        scores = [summary[t, chosen[t, method]]["best_mean"] if (t, method) in chosen else None for t in tasks]
+        scores = [summary[t, chosen[t, method]]["reported_mean"] if (t, method) in chosen else None for t in tasks]
         settings = sorted({chosen[t, method].split(" ", 1)[1] for t in tasks
                            if (t, method) in chosen and chosen[t, method] != method})
         lines.append(row_line(method + (f" ({'; '.join(settings)})" if settings else ""), scores, len(TASK_COLUMNS)))
@@ -260,7 +298,9 @@ def paper_view(summary, table, baseline=None, rows=()):
             lines.append(row_line(f"{method}, paper", paper, len(TASK_COLUMNS)))
         if baseline and method != baseline:
             lines.append(difference_line({(r["task"], r["method"]): r for r in rows}, chosen, tasks, method, baseline))
-    notes = INCONSISTENCIES.get(table, [])
+    metrics = {(task, summary[task, label]["metric"]) for (task, _), label in chosen.items()} if table else set()
+    notes = INCONSISTENCIES.get(table, []) + [note for task, metric in sorted(metrics)
+                                              if (note := metric_note(task, metric))]
     return lines + [""] + [f"Paper note: {note}" for note in notes] + ([""] if notes else [])
 
 
@@ -301,6 +341,7 @@ def write_report(out, table="1", baseline=None):
 def run_row(run):
     """runs.csv's row of a run: its scores and the ends of their bootstrap intervals."""
     row = {k: v for k, v in run.items() if not k.endswith("_interval")}
+    row["also"] = "; ".join(f"{name} {value:.2f}" for name, value in run["also"].items())
     for score in COMPARED:
         low, high = run[f"{score}_interval"] or (None, None)
         row[f"{score}_low"], row[f"{score}_high"] = low, high

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from sat_ehft import checkpoints, metrics, objective
 from sat_ehft.atomic import write_json, write_text
-from sat_ehft.batching import LengthGroupedBatches, collate, model_inputs, sequences
-from sat_ehft.config import evaluated_epochs
+from sat_ehft.batching import collate, model_inputs
+from sat_ehft.data_order import accumulation_steps, stage_plan
 from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
+from sat_ehft.precision import deepspeed_precision, resolve_precision
 from sat_ehft.ranks import rank_and_world_size
 from sat_ehft.tracking import Trackers
 
@@ -55,30 +55,11 @@ def ensure_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
-def resolve_precision(precision):
-    """The precision 'auto' stands for here: bf16 on a GPU that has it (Ampere and later), fp16 on an older GPU,
-    fp32 on CPU (DeepSpeed refuses fp16 there and bf16 is slow); any other value as it is."""
-    if precision != "auto":
-        return precision
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def deepspeed_config(config, world_size):
-    accumulation, remainder = divmod(config.batch_size, config.micro_batch_size * world_size)
-    if remainder or not accumulation:
-        raise ValueError(f"batch_size={config.batch_size} is not a multiple of micro_batch_size="
-                         f"{config.micro_batch_size} x {world_size} ranks")
-    ds = {"train_batch_size": config.batch_size, "train_micro_batch_size_per_gpu": config.micro_batch_size,
-          "gradient_accumulation_steps": accumulation, "gradient_clipping": config.clip_grad,
-          "zero_optimization": {"stage": config.zero_stage}, "steps_per_print": 2 ** 31}
-    precision = resolve_precision(config.precision)
-    if precision == "bf16":
-        ds["bf16"] = {"enabled": True}
-    if precision == "fp16":  # DeepSpeed >= 0.17 rejects a non-integer min_loss_scale
-        ds["fp16"] = {"enabled": True, "initial_scale_power": 16, "min_loss_scale": 1}
-    return ds
+    return {"train_batch_size": config.batch_size, "train_micro_batch_size_per_gpu": config.micro_batch_size,
+            "gradient_accumulation_steps": accumulation_steps(config, world_size), "gradient_clipping": config.clip_grad,
+            "zero_optimization": {"stage": config.zero_stage}, "steps_per_print": 2 ** 31,
+            **deepspeed_precision(config)}
 
 
 def linear_schedule(total_steps, warmup_share):
@@ -361,40 +342,39 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
 
     rank, world_size = ensure_distributed()
     files.folder.mkdir(parents=True, exist_ok=True)
-    loader, sampler = _training_batches(train_features, config, rank, world_size, seed, pad_id)
-    ds_config = deepspeed_config(config, world_size)
-    total_steps = math.ceil(len(loader) / ds_config["gradient_accumulation_steps"]) * budget.epochs
+    plan = stage_plan(train_features, config, budget.epochs, rank, world_size, seed, pad_id)
     optimizer = make_optimizer(model, trainable, budget.lr, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[config.lr_schedule](total_steps, config.warmup))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[config.lr_schedule](plan.total_steps,
+                                                                                              config.warmup))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=deepspeed_config(config, world_size))
     gold = [f["label"] for f in dev_features]
     progress, cost = _restore(engine, files, trainable, rank, gold), _read_cost(files)
-    policy = CheckpointPolicy(config.checkpoint_minutes, budget.epochs, clock)
+    policy = CheckpointPolicy(config.checkpoint_minutes, plan.rounds, clock)
     trackers = Trackers(files, config, rank)
     step_losses = StepLosses(progress, trackers, files, config.log_every)
     precision = resolve_precision(config.precision)
     backbone = ({n for n in trainable if is_backbone_parameter(n)}, precision)
-    evaluation_epochs = evaluated_epochs(budget.epochs, config.eval_every)
-    for epoch in range(progress.epoch, budget.epochs):
-        sampler.set_epoch(epoch)  # a fresh order every epoch (SAT's loop reuses one)
+    for round_index in range(progress.epoch, plan.rounds):  # progress.epoch: rounds done (epochs under reshuffle)
         started = time.perf_counter()
         skipped = engine.skipped_steps
-        training = _train_epoch(engine, loader, task, step_losses, f"{files.folder.name} epoch {epoch + 1}/"
-                                f"{budget.epochs}", rank, backbone, step_callbacks)
+        epoch = plan.epoch(round_index)
+        training = _train_epoch(engine, plan.batches(round_index), task, step_losses,
+                                f"{files.folder.name} epoch {epoch}/{budget.epochs}", rank, backbone, step_callbacks)
         evaluated = time.perf_counter()
         dev = {}
-        if epoch + 1 in evaluation_epochs:
+        if plan.evaluates(round_index):
             predictions = predict_features(engine.module, task, dev_features, config.eval_batch_size, pad_id,
                                            engine.device)
             dev = score(task, predictions, dev_features)
-            progress.predictions = {**progress.predictions, str(epoch + 1): predictions.tolist()}
-        record = {"epoch": epoch + 1, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
+            progress.predictions = {**progress.predictions, str(epoch): predictions.tolist()}
+        record = {"epoch": epoch, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
                   **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
-        progress.epoch, progress.records = epoch + 1, progress.records + [record]
+        progress.epoch, progress.records = round_index + 1, progress.records + [record]
         _write_logs(files, progress, rank, gold)
-        if policy.due(epoch + 1):
+        if policy.due(round_index + 1):
             _save(engine, files, progress, cost)
             policy.saved()
         if rank == 0:
@@ -417,10 +397,11 @@ def _train_epoch(engine, loader, task, step_losses, description, rank, backbone,
     """One pass over this rank's micro-batches; return their mean loss and (classification) the training
     accuracy, over every rank, read once at the end. `backbone`: (trained backbone tensor names, precision)
     for the gradient norm at logging points; each of `step_callbacks` gets (model, step) after each step."""
-    micro_losses, epoch_loss = [], torch.zeros((), device=engine.device)
+    micro_losses, epoch_loss, micro_batches = [], torch.zeros((), device=engine.device), 0
     correct, seen = torch.zeros((), device=engine.device), 0
     engine.train()
     for batch in tqdm(loader, desc=description, disable=None if rank == 0 else True, leave=False):
+        micro_batches += 1
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         scores = engine.module.encode(**model_inputs(batch))
         loss = objective.loss(scores, batch["labels"], task.objective)
@@ -440,7 +421,7 @@ def _train_epoch(engine, loader, task, step_losses, description, rank, backbone,
                 callback(engine.module, engine.global_steps)
     step_losses.read()
     seen = torch.tensor(float(seen), device=engine.device)
-    loss, correct, seen, norm = _mean_over_ranks(torch.stack([epoch_loss / len(loader), correct, seen,
+    loss, correct, seen, norm = _mean_over_ranks(torch.stack([epoch_loss / micro_batches, correct, seen,
                                                               head_norm(engine.module)]))
     accuracy = {} if task.is_regression else {"train_accuracy": correct / seen}
     return {"train_loss": loss, **accuracy, "head_norm": norm}
@@ -450,14 +431,3 @@ def head_norm(model):
     """The L2 norm of the head's weights and biases together, on the device."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float())
                                                  for p in model.get_mixin(HEAD_NAME).parameters()]))
-
-
-def _training_batches(features, config, rank, world_size, seed, pad_id):
-    """(loader, sampler) of this rank's micro-batches; the sampler's set_epoch reshuffles."""
-    sampler = DistributedSampler(features, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    collate_batch = partial(collate, pad_id=pad_id)
-    if not config.group_by_length:
-        return DataLoader(features, batch_size=config.micro_batch_size, sampler=sampler, collate_fn=collate_batch), sampler
-    lengths = [sum(map(len, sequences(f["input_ids"]))) for f in features]
-    batches = LengthGroupedBatches(sampler, lengths, config.micro_batch_size, seed=seed)
-    return DataLoader(features, batch_sampler=batches, collate_fn=collate_batch), batches

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import padded_batch, tiny_hf_model
@@ -200,6 +201,35 @@ def test_the_original_mixout_sets_every_dropout_to_zero(tmp_path, zero_dropout):
     assert rates == ({0.0} if zero_dropout else {0.1})
 
 
+@pytest.mark.parametrize("head", [True, False])
+def test_the_original_mixout_mixes_the_head_towards_its_initial_weights(tmp_path, head):
+    """mixout_head (the original code wrapped every Linear): in training the head's Linear layers are mixed
+    with their initial (random) weights, whole input columns at a time; evaluation uses them as they are."""
+    from sat_ehft.mixins import attach
+
+    sat = sat_copy(tmp_path, tiny_hf_model("bert", dropout=0.0))
+    ids, mask = padded_batch(120, [9, 5], pad_id=0)
+    attach(sat, {"head": {"hidden_size": 32, "num_outputs": 3},
+                 "mixout": {"p": 0.7, "draw": "column", "zero_dropout": True, "head": head}})
+    classifier = sat.get_mixin("head")
+    initial = {name: getattr(classifier, name).weight.detach().clone() for name in ("dense", "out")}
+    with torch.no_grad():
+        for name in initial:  # the head trained away from its initial weights; the backbone still pretrained,
+            getattr(classifier, name).weight.add_(0.05)  # so that mixing it changes nothing beyond rounding
+        plain = sat.eval().encode(ids, mask)
+        sat.train()
+        first, second = sat.encode(ids, mask), sat.encode(ids, mask)
+        assert ((first - second).abs().max() > 1e-3) == head
+        assert torch.equal(sat.eval().encode(ids, mask), plain)
+    if head:
+        sat.train()
+        weight = classifier.dense.weight.detach()
+        mixed = classifier.mix_weight("dense", weight)
+        kept = torch.isclose(mixed, (weight - 0.7 * initial["dense"]) / 0.3, atol=1e-6)
+        swapped = torch.isclose(mixed, initial["dense"], atol=1e-6)
+        assert (kept ^ swapped).all() and (kept == kept[:1]).all() and swapped.any() and kept.any()
+
+
 def test_original_fisher_clips_each_tensors_gradient_to_norm_one_before_squaring():
     from sat_ehft.mixins.child_tuning import fisher_information
 
@@ -217,11 +247,43 @@ def test_original_fisher_clips_each_tensors_gradient_to_norm_one_before_squaring
         grads = torch.autograd.grad(model(x).pow(2).mean(), list(model.parameters()))
         for name, grad in zip(names, grads):
             expected[name] += (grad * min(1.0, 1.0 / (grad.norm().item() + 1e-6))) ** 2
-    clipped = fisher_information(model, names, losses(), clip=1.0)
-    plain = fisher_information(model, names, losses())
+    clipped = fisher_information(model, names, losses(), clip=1.0).fp32
+    plain = fisher_information(model, names, losses()).fp32
     for name in names:
         torch.testing.assert_close(clipped[name], expected[name], rtol=1e-5, atol=1e-9)
     assert any(not torch.allclose(clipped[n], plain[n]) for n in names)  # the large batches were clipped
+
+
+def test_the_fp16_fisher_underflows_as_the_originals_and_its_selection_is_numpys_percentile_rule():
+    """The original summed fp16 squares of fp16 gradients: entries whose gradients stay below ~1.7e-4 square to
+    0. Checked against numpy's float16 arithmetic, and the share its `>= np.percentile(r, 90)` rule keeps."""
+    from sat_ehft.mixins.child_tuning import fisher_information, original_selection
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    with torch.no_grad():
+        model[0].weight[:16].mul_(1e-3)  # a quarter of the first layer's rows with tiny gradients
+    names = [n for n, _ in model.named_parameters()]
+    data = [torch.randn(8, 64) * 0.1 for _ in range(3)]  # small gradients, as a large model's mostly are
+    fisher = fisher_information(model, names, (model(x).pow(2).mean() for x in data))
+    expected = {n: np.zeros(tuple(p.shape), np.float16) for n, p in model.named_parameters()}
+    for x in data:
+        grads = torch.autograd.grad(model(x).pow(2).mean(), list(model.parameters()))
+        for name, grad in zip(names, grads):
+            half = grad.numpy().astype(np.float16)
+            expected[name] = expected[name] + half * half  # numpy keeps float16 throughout
+    for name in names:
+        assert np.array_equal(fisher.fp16[name].numpy(), expected[name]), name
+    values = np.concatenate([expected[n].ravel().astype(np.float32) for n in names])
+    assert 0.05 < np.mean(values > 0) < 0.95  # some underflowed, some did not (fp32 has no zeros here)
+    assert all(bool((fisher.fp32[n] > 0).all()) for n in names if n.endswith("weight"))
+    for keep in (0.1, 0.3):
+        chosen = original_selection(fisher.fp16, keep)
+        threshold = np.percentile(values, 100 * (1 - keep))
+        assert chosen == {"fisher_nonzero_fp16": float(np.mean(values > 0)),
+                          "kept_by_original_rule": float(np.mean(values >= threshold))}
+    many_zeros = original_selection({"w": torch.zeros(100, dtype=torch.float16)}, 0.1)
+    assert many_zeros == {"fisher_nonzero_fp16": 0.0, "kept_by_original_rule": 1.0}  # >= 0 keeps every entry
 
 
 def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
@@ -231,7 +293,7 @@ def test_child_tuning_masks_keep_the_requested_fraction_and_block_the_rest():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     names = [n for n, _ in model.named_parameters()]
     data = [(torch.randn(4, 8), torch.randn(4, 1)) for _ in range(5)]
-    fisher = fisher_information(model, names, ((model(x) - y).pow(2).mean() for x, y in data))
+    fisher = fisher_information(model, names, ((model(x) - y).pow(2).mean() for x, y in data)).fp32
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for x, y in data:  # the same sum of squared gradients, computed independently
         grads = torch.autograd.grad((model(x) - y).pow(2).mean(), list(model.parameters()))

@@ -8,7 +8,8 @@ import torch
 from sat_ehft.backbone import load_backbone
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
-from sat_ehft.pipeline import RunSpec, load_carried, prepare_stage, run
+from sat_ehft.pipeline import RunSpec, load_carried, prepare_stage, run, summarize
+from sat_ehft.tasks import get_task
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=32, max_length=64, lora_r=2,
                 prefix_len=3, stage1_lr={"bitfit": 5e-3, "lora": 5e-3, "prefix": 5e-2, "lp": 1e-2}, lr=1e-3)
@@ -41,12 +42,18 @@ def test_methods_run_end_to_end(tmp_path, tiny_bert, rte_dir, method):
     final = [json.loads(line) for line in (tmp_path / "run" / stages[-1] / "metrics.jsonl").read_text().splitlines()]
     assert result["last"] == final[-1]["accuracy"] and result["best"] == max(r["accuracy"] for r in final)
     assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
+    if method == "child-tuning-d":  # what its Fisher selected, reported
+        assert set(result["stages"]["train"]["child_tuning"]) == {"mask_applied", "keep", "fisher_nonzero_fp16",
+                                                                  "kept_by_original_rule"}
     for stage in stages:
         assert not (tmp_path / "run" / stage / "checkpoint").exists()  # removed once the stage is done
 
 
-def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path, tiny_bert, rte_dir):
-    spec = spec_for("ehft-bitfit", tiny_bert, rte_dir)
+@pytest.mark.parametrize("head_bias", ["carry", "reinit"])
+def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path, tiny_bert, rte_dir, head_bias):
+    """EH-FT(BitFit)'s Stage 2: the pretrained backbone and the Stage-1 head's weights; its biases carried, or
+    (bitfit_head_bias: reinit, as the original code) those of a fresh head, here plain finetuning's."""
+    spec = spec_for("ehft-bitfit", tiny_bert, rte_dir, bitfit_head_bias=head_bias)
     run(spec, tmp_path, log=lambda line: None)
     stage1 = torch.load(tmp_path / "stage1" / "trained.pt", weights_only=True)["tensors"]
     pretrained = load_backbone(tiny_bert).model.state_dict()
@@ -57,7 +64,11 @@ def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path
     heads = [n for n in start if n.startswith("mixins.head.")]
     assert sorted(heads) == ["mixins.head.dense.bias", "mixins.head.dense.weight", "mixins.head.out.bias",
                              "mixins.head.out.weight"]
-    assert all(torch.equal(start[n], stage1[n]) for n in heads)  # weights and biases carried
+    weights, biases = [n for n in heads if n.endswith("weight")], [n for n in heads if n.endswith("bias")]
+    assert all(torch.equal(start[n], stage1[n]) for n in weights)
+    fresh = prepare_stage(spec_for("ft", tiny_bert, rte_dir), tmp_path / "ft", 0).model.state_dict()
+    assert not any(torch.equal(stage1[n], fresh[n]) for n in biases)  # Stage 1 trained them: the two can be told apart
+    assert all(torch.equal(start[n], stage1[n] if head_bias == "carry" else fresh[n]) for n in biases)
 
 
 def test_reserve_keeps_the_stage1_lora(tmp_path, tiny_bert, rte_dir):
@@ -138,6 +149,18 @@ def test_a_run_picks_and_reports_its_best_epoch_by_the_configured_metric(tmp_pat
     with pytest.raises(ValueError, match="best_metric='f1': task sts-b reports pearson, spearman"):
         run(spec("f1"), tmp_path / "other", log=lambda line: None)
     assert not (tmp_path / "other" / "run.json").exists()
+
+
+@pytest.mark.parametrize("best_metric, task, chosen", [("original", "mrpc", "accuracy"), ("", "mrpc", "f1"),
+                                                        ("original", "rte", "accuracy"), ("original", "sts-b", "pearson")])
+def test_best_metric_original_selects_what_the_papers_column_most_probably_is(best_metric, task, chosen):
+    """MRPC under the original recipe: the best epoch and the reported score are accuracy's (the paper's column
+    is very probably accuracy), not F1's, whose best epoch differs here; other tasks keep their first metric."""
+    records = [{"epoch": 1, "f1": 0.90, "accuracy": 0.84, "pearson": 0.7}, {"epoch": 2, "f1": 0.88, "accuracy": 0.86,
+                                                                            "pearson": 0.8}]
+    summary = summarize(get_task(task), records, Config(best_metric=best_metric))
+    assert summary["metric"] == chosen
+    assert summary["best"] == max(records, key=lambda r: r[chosen])
 
 
 def test_stage2_needs_stage1(tmp_path, tiny_bert, rte_dir):
@@ -267,6 +290,25 @@ def test_child_tuning_zeroes_gradients_outside_its_mask_and_leaves_the_rest_exac
     assert zeroed > 0.2 * moving  # a good share of what finetuning would move stays still
 
 
+def test_child_tuning_as_the_original_ran_measures_its_fisher_but_masks_nothing(tmp_path, tiny_bert, rte_dir):
+    """child_tuning_mask: false (the original recipe): every gradient is plain finetuning's, bit for bit, and the
+    stage reports what the original's fp16 selection would have seen."""
+    from sat_ehft.batching import collate, model_inputs
+    from sat_ehft.objective import loss
+
+    grads = {}
+    for method in ("ft", "child-tuning-d"):
+        ready = prepare_stage(spec_for(method, tiny_bert, rte_dir, child_tuning_keep=0.02, child_tuning_mask=False,
+                                       child_tuning_fisher="original"), tmp_path, 0)
+        batch = collate(ready.train[:8], ready.tokenizer.pad_token_id)
+        loss(ready.model.eval().encode(**model_inputs(batch)), batch["labels"], "binary").backward()
+        grads[method] = {n: p.grad for n, p in ready.model.named_parameters() if not n.startswith("mixins.head.")}
+    assert all(torch.equal(grads["child-tuning-d"][n], grads["ft"][n]) for n in grads["ft"])
+    reported = ready.reported["child_tuning"]
+    assert (reported["mask_applied"], reported["keep"]) == (False, 0.02)
+    assert 0 < reported["fisher_nonzero_fp16"] <= 1 and 0.02 <= reported["kept_by_original_rule"] <= 1
+
+
 @pytest.mark.parametrize("fisher, clip, training", [("backbone", None, False), ("original", 1.0, True)])
 def test_each_fisher_is_measured_as_configured(tmp_path, tiny_bert, rte_dir, monkeypatch, fisher, clip, training):
     """'original': in train mode (dropout on), each tensor's gradient clipped to norm 1; 'backbone': eval mode,
@@ -308,24 +350,31 @@ def test_the_original_child_tuning_masks_the_layers_only_and_trains_with_its_own
     assert training_config(spec.config, get_method("ft").stages[0]) == spec.config
 
 
-def test_result_takes_collapsed_from_the_best_epoch_and_the_running_maximum_over_both_stages(tmp_path):
+@pytest.mark.parametrize("data_order, reported", [("reshuffle", "best"), ("original", "max_over_all_stages")])
+def test_result_takes_collapsed_from_the_best_epoch_and_the_running_maximum_over_both_stages(tmp_path, data_order,
+                                                                                            reported):
     """Stage 1 scores above every Stage-2 epoch (the original code's number comes from it); Stage 2's best epoch
-    is not its last, and only the last collapsed."""
+    is not its last, and only the last collapsed. Each metric keeps its own running maximum (MRPC's F1 and
+    accuracy peak at different evaluations), and a run trained in the original's order reports that maximum."""
     from sat_ehft.pipeline import write_result
 
-    epochs = {"stage1": [{"epoch": 1, "accuracy": 0.9, "collapsed": False}],
-              "stage2": [{"epoch": 1, "accuracy": 0.6, "collapsed": False}, {"epoch": 2, "accuracy": 0.8, "collapsed": False},
-                         {"epoch": 3, "accuracy": 0.5, "collapsed": True}]}
+    epochs = {"stage1": [{"epoch": 1, "accuracy": 0.9, "f1": 0.7, "collapsed": False}],
+              "stage2": [{"epoch": 1, "accuracy": 0.6, "f1": 0.95, "collapsed": False},
+                         {"epoch": 2, "accuracy": 0.8, "f1": 0.8, "collapsed": False},
+                         {"epoch": 3, "accuracy": 0.5, "f1": 0.5, "collapsed": True}]}
     for stage, records in epochs.items():
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         best = max(records, key=lambda r: r["accuracy"])
         (tmp_path / stage / "done.json").write_text(json.dumps({"metric": "accuracy", "best": best, "last": records[-1]}))
-    spec = RunSpec(task="rte", method="lp-ft", model="m", data_dir="d", seed=3, config=CONFIG)
+    spec = RunSpec(task="mrpc", method="lp-ft", model="m", data_dir="d", seed=3,
+                   config=Config(**{**CONFIG.__dict__, "data_order": data_order}))
     result = write_result(spec, tmp_path, get_method("lp-ft"))
     assert (result["best"], result["best_epoch"], result["last"]) == (0.8, 2, 0.5)
     assert result["collapsed"] is False  # the best epoch's, not the last's
     assert result["max_over_all_stages"] == 0.9  # Stage 1 included
+    assert result["max_over_all_stages_by_metric"] == {"f1": 0.95, "accuracy": 0.9}
+    assert result["reported"] == reported
     assert json.loads((tmp_path / "result.json").read_text()) == result
 
 

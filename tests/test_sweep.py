@@ -88,7 +88,7 @@ def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_input
                      ("rte", "ft"): 87.52}
     markdown = (out / "report.md").read_text()
     assert "## Missing runs\n\nnone" in markdown and "- rte ehft-bitfit: 1, 2" in markdown
-    assert (out / "report.csv").read_text().splitlines()[0].startswith("task,method,metric,seeds,collapsed,train_accuracy,best_mean,best_std")
+    assert (out / "report.csv").read_text().splitlines()[0].startswith("task,method,variant,metric,also,seeds,collapsed,train_accuracy,best_mean,best_std")
 
 
 def test_report_names_missing_runs(tmp_path, tiny_bert, grid_inputs):

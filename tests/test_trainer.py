@@ -134,7 +134,7 @@ def test_each_recipe_reaches_the_optimizer_and_deepspeed(recipe, weight_decay):
         [(1, weight_decay, (0.9, 0.98), 1e-6), (3, 0.0, (0.9, 0.98), 1e-6)]
     ds = deepspeed_config(config, world_size=1)
     assert ds["gradient_clipping"] == 0.1
-    assert "fp16" not in ds and "bf16" not in ds  # precision auto: fp32 on CPU
+    assert "fp16" not in ds and "bf16" not in ds  # on CPU both recipes train in fp32
 
 
 class Interrupted(Exception):
@@ -378,19 +378,64 @@ def test_report_to_wandb_without_a_login_says_what_to_do(tmp_path, monkeypatch, 
 def test_each_epoch_trains_on_a_fresh_order_drawn_from_the_seed(tmp_path, rte_features, minilm_tokenizer, monkeypatch):
     """Epoch e visits the training rows in torch.randperm(n) drawn from seed + e (PyTorch's DistributedSampler's
     definition), a new order every epoch (SAT's loop reused one)."""
-    import sat_ehft.trainer as trainer
-
     task, train, _ = rte_features
-    row_of, seen, collate = {id(f): i for i, f in enumerate(train)}, [], trainer.collate
+    seen = record_training_rows(monkeypatch, train)
+    run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "order", epochs=2)
+    orders = [torch.randperm(len(train), generator=torch.Generator().manual_seed(4 + epoch)).tolist() for epoch in (0, 1)]
+    assert orders[0] != orders[1] and seen == orders[0] + orders[1]
+
+
+def record_training_rows(monkeypatch, train):
+    """The list that will hold the training rows (indices into `train`) in the order batches are made of them."""
+    import sat_ehft.data_order as data_order
+
+    row_of, seen, collate = {id(f): i for i, f in enumerate(train)}, [], data_order.collate
 
     def recording(features, pad_id):
         seen.extend(row_of[id(f)] for f in features if id(f) in row_of)  # training rows only, not dev
         return collate(features, pad_id)
 
-    monkeypatch.setattr(trainer, "collate", recording)
-    run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "order", epochs=2)
-    orders = [torch.randperm(len(train), generator=torch.Generator().manual_seed(4 + epoch)).tolist() for epoch in (0, 1)]
-    assert orders[0] != orders[1] and seen == orders[0] + orders[1]
+    monkeypatch.setattr(data_order, "collate", recording)
+    return seen
+
+
+# 22 rows, global batch 8: 66 / 8 -> 9 steps over 3 epochs, the last of 2 rows; an evaluation every 22 // 8 = 2 steps
+ORIGINAL_STEPS, ORIGINAL_EPOCHS = [2, 4, 6, 8, 9], [round(8 * s / 22, 4) for s in (2, 4, 6, 8)] + [3.0]
+
+
+def test_the_original_order_repeats_one_permutation_across_epochs_and_stages(tmp_path, rte_features,
+                                                                              minilm_tokenizer, monkeypatch):
+    """data_order original: one permutation per seed, the same every epoch and in a later stage; batches run across
+    epoch boundaries (ceil(N x E / B) steps, the LR schedule spread over them); dev evaluated every N // B steps
+    and after the last."""
+    task, train, dev = rte_features
+    features = (task, train[:22], dev)
+    seen = record_training_rows(monkeypatch, train)
+    _, records = run_ft(tmp_path, features, minilm_tokenizer.pad_token_id, "stage1", data_order="original")
+    assert sorted(seen[:22]) == list(range(22)) and seen[:22] != list(range(22)) and seen == seen[:22] * 3
+    first = list(seen)
+    seen.clear()
+    run_ft(tmp_path, features, minilm_tokenizer.pad_token_id, "stage2", data_order="original")
+    assert seen == first  # Stage 2 replays it
+    assert [r["step"] for r in records] == ORIGINAL_STEPS and [r["epoch"] for r in records] == ORIGINAL_EPOCHS
+    assert all("accuracy" in r for r in records)
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * linear_schedule(9, 0.1)(s) for s in ORIGINAL_STEPS])
+    kept = json.loads((tmp_path / "stage1" / "dev_predictions.json").read_text())
+    assert sorted(kept["epochs"], key=float) == [str(e) for e in ORIGINAL_EPOCHS]
+
+
+def test_the_original_order_resumes_mid_stage_as_an_uninterrupted_run(tmp_path, rte_features, minilm_tokenizer):
+    task, train, dev = rte_features
+    features, pad = (task, train[:22], dev), minilm_tokenizer.pad_token_id
+    whole, whole_records = run_ft(tmp_path, features, pad, "whole", data_order="original")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, features, pad, "cut", callbacks=[interrupt_after(ORIGINAL_EPOCHS[1])], data_order="original")
+    trained = []
+    resumed, resumed_records = run_ft(tmp_path, features, pad, "cut", data_order="original",
+                                      callbacks=[lambda model, record: trained.append(record["step"])])
+    assert trained == ORIGINAL_STEPS[2:]  # resumed after the second evaluation, not restarted
+    assert resumed_records == whole_records
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
 def test_report_to_tensorboard_writes_the_logged_losses_and_metrics(tmp_path, rte_features, minilm_tokenizer):

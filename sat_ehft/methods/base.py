@@ -22,7 +22,8 @@ def prefix_spec(config, model_config):
 
 
 def mixout_spec(config, model_config):
-    return {"p": config.mixout_p, "draw": config.mixout_draw, "zero_dropout": config.mixout_zero_dropout}
+    return {"p": config.mixout_p, "draw": config.mixout_draw, "zero_dropout": config.mixout_zero_dropout,
+            "head": config.mixout_head}
 
 
 # Method mixin name -> its constructor kwargs (a spec, see sat_ehft.mixins.attach) for a config and backbone.
@@ -35,7 +36,9 @@ class Stage:
     trains: str  # parameter policy, one of POLICIES (the head always trains)
     lr: str = "ft"  # "ft": config.lr; otherwise a key of config.stage1_lr
     mixins: tuple = ()  # PET mixins present in this stage, keys of PET_MIXINS
-    carries: tuple = ()  # what this stage takes over from the previous one: "head", "bias", "lora", "prefix"
+    # what this stage takes over from the previous one: "head", "bias", "lora", "prefix"; "bitfit-head": the head,
+    # its biases as config bitfit_head_bias says (the original's BitFit branch carried the weights only)
+    carries: tuple = ()
     fisher_mask: bool = False  # Child-Tuning_D: only the backbone entries of highest Fisher information train
 
     def __post_init__(self):

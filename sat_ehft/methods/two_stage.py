@@ -12,7 +12,7 @@ def two_stage(name, stage1, stage2_mixins=(), carries=("head",)):
 
 
 two_stage("lp-ft", Stage("stage1", trains="head", lr="lp"))
-two_stage("ehft-bitfit", Stage("stage1", trains="bias", lr="bitfit"))
+two_stage("ehft-bitfit", Stage("stage1", trains="bias", lr="bitfit"), carries=("bitfit-head",))
 two_stage("ehft-lora", Stage("stage1", trains="lora", lr="lora", mixins=("lora",)))
 two_stage("ehft-prefix", Stage("stage1", trains="prefix", lr="prefix", mixins=("prefix",)))
 two_stage("ehft-bitfit-reserve", Stage("stage1", trains="bias", lr="bitfit"), carries=("head", "bias"))

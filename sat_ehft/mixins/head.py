@@ -10,6 +10,7 @@ and with `choices` > 1 (COPA) each sequence gets one score and rows are regroupe
 import warnings
 
 import torch
+import torch.nn.functional as F
 from sat.model.base_model import BaseMixin
 
 from sat_ehft.hf_modeling import pool_features  # shared with the exported Hugging Face classifier
@@ -30,13 +31,20 @@ class ClassificationHead(BaseMixin):
         self.out = torch.nn.Linear(inner_size, num_outputs)
         for layer in (self.dense, self.out):  # as the original code: weights N(0, 0.005), default biases
             torch.nn.init.normal_(layer.weight, std=init_std)
+        self.mix_weight = None  # set by a Mixout mixin that mixes the head too: (layer name, weight) -> weight
+
+    def linear(self, name, x):
+        """`x` through the head's Linear layer `name` ('dense' or 'out'), its weight mixed where Mixout says so."""
+        layer = getattr(self, name)
+        weight = layer.weight if self.mix_weight is None else self.mix_weight(name, layer.weight)
+        return F.linear(x, weight, layer.bias)
 
     def hidden_features(self, hidden, spans=None):
         """The head's 2048-d hidden layer (what the paper's Figure 4 plots)."""
-        return torch.relu(self.dense(pool_features(hidden, self.pooling, spans)))
+        return torch.relu(self.linear("dense", pool_features(hidden, self.pooling, spans)))
 
     def final_forward(self, logits, **kw_args):
-        scores = self.out(self.hidden_features(padded_states(logits, kw_args), kw_args.get("spans")))
+        scores = self.linear("out", self.hidden_features(padded_states(logits, kw_args), kw_args.get("spans")))
         return scores.view(-1, self.choices) if self.choices > 1 else scores
 
 

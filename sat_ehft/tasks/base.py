@@ -116,7 +116,7 @@ class Task:
 
     def __init__(self, name, *, benchmark, folder, text_fields, labels, metrics, hub,
                  truncation="longest_first", tsv_columns=None, tsv_header=True, test_tsv_columns=None,
-                 label_range=None, original_order=None):
+                 label_range=None, original_order=None, original_metric=None):
         self.name = name
         self.benchmark = benchmark  # "superglue" (jsonl) or "glue" (tsv)
         self.folder = folder  # e.g. "RTE": files live in DATA_DIR/<benchmark>/<folder>/
@@ -130,6 +130,9 @@ class Task:
         self.test_tsv_columns = test_tsv_columns  # GLUE test files laid out unlike train/dev (CoLA's has a header)
         self.label_range = label_range  # regression: the (low, high) a target must lie in
         self.original_order = original_order  # the pair in the original code's order, where it differs
+        # the metric the paper's numbers most probably are (the original code logged several), where its text
+        # names another: config best_metric 'original' selects and reports it
+        self.original_metric = original_metric or metrics[0]
 
     @property
     def is_regression(self):
