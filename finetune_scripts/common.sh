@@ -8,8 +8,14 @@
 #   SEED [1]                OUT [runs/TASK-METHOD-seedSEED]
 #   CONFIG [configs/TASK.yaml]   SET ["key=value key=value"] config overrides
 #   NUM_GPUS [all visible]  0 = one plain process on CPU
-#   HOSTFILE []             DeepSpeed hostfile: several nodes, reached over ssh
+#   HOSTFILE []             DeepSpeed hostfile ("host slots=N" per line): several nodes, started from this one
+#                           over ssh with pdsh (passwordless ssh, the same paths on every node)
+#   NODE_RANK []            with HOSTFILE: start only this node's ranks, without ssh (run the same command on
+#                           every node, each with its own NODE_RANK, 0 for the hostfile's first host)
+#   MASTER_ADDR []          the address of the hostfile's first node as the others reach it (needed with
+#                           NODE_RANK; over ssh DeepSpeed asks that node's `hostname -I` when unset)
 #   MASTER_PORT [29500]
+#   EXPORT_VARS []          more variable names to pass to the other nodes (see TRAVEL below)
 # Rerunning skips finished stages and resumes an interrupted one.
 set -euo pipefail
 task=${1:?usage: common.sh TASK [METHOD]}
@@ -30,8 +36,31 @@ args=(train --task "$task" --method "$method" --model "$model" "${data[@]}" --se
       --out "$out" --config "$config")
 for pair in ${SET:-}; do args+=(--set "$pair"); done
 
+# What the other nodes' ranks need from this shell's environment, where set; DeepSpeed's runner exports the
+# variables named in DS_ENV_FILE on every node it starts over ssh (a node started with NODE_RANK has its own).
+TRAVEL=(PATH VIRTUAL_ENV PYTHONPATH HF_HOME HF_HUB_OFFLINE TRANSFORMERS_OFFLINE SAT_EHFT_CACHE SAT_HOME
+        DS_ACCELERATOR OMP_NUM_THREADS WANDB_MODE WANDB_DIR WANDB_API_KEY ${EXPORT_VARS:-})
+travelling_env() {
+  local file name
+  file=$(mktemp "${TMPDIR:-/tmp}/sat-ehft-env.XXXXXX")
+  for name in "${TRAVEL[@]}"; do
+    if [ -n "${!name+x}" ]; then printf '%s=%q\n' "$name" "${!name}"; fi
+  done > "$file"
+  echo "$file"
+}
 if [ -n "${HOSTFILE:-}" ]; then
-  launch=(deepspeed --hostfile "$HOSTFILE" --master_port "$port" --no_local_rank --module sat_ehft)
+  launch=(deepspeed --hostfile "$HOSTFILE" --master_port "$port")  # the launcher's options, then the module's
+  if [ -n "${MASTER_ADDR:-}" ]; then launch+=(--master_addr "$MASTER_ADDR"); fi
+  if [ -n "${NODE_RANK:-}" ]; then
+    : "${MASTER_ADDR:?NODE_RANK needs MASTER_ADDR, the address of the first node of the hostfile}"
+    launch+=(--no_ssh --node_rank "$NODE_RANK")
+  else
+    DS_ENV_FILE=$(travelling_env)
+    export DS_ENV_FILE
+    echo "== passed to every node: $(cut -d= -f1 "$DS_ENV_FILE" | tr '\n' ' ')(DS_ENV_FILE)"
+    trap 'rm -f "$DS_ENV_FILE"' EXIT
+  fi
+  launch+=(--no_local_rank --module sat_ehft)
 elif [ "$NUM_GPUS" -gt 0 ]; then
   launch=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$port" --no_local_rank --module sat_ehft)
 else

@@ -16,7 +16,8 @@ Run folder (the contract with everything that reads results):
   <stage>/cost.json            seconds spent training, evaluating, checkpointing; checkpoint bytes (every start)
   <stage>/checkpoint/          the last resumable checkpoint (sat_ehft.checkpoints; removed when the stage ends)
   <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id + origin
-  <stage>/done.json            best and last scores, epochs, LR, seconds and cost: the stage is finished
+  <stage>/done.json            best and last scores, epochs, LR, seconds, cost, fp16 steps skipped, where each rank
+                               ran: the stage is finished
   model/                       the final classifier as a SAT checkpoint folder (config save_model)
   result.json                  the final stage's best and last scores, the seed, every stage's summary
 """
@@ -45,7 +46,7 @@ from sat_ehft.folders import tokenizer_folder
 from sat_ehft.methods import get_method
 from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
-from sat_ehft.ranks import barrier, is_main
+from sat_ehft.ranks import barrier, is_main, layout
 from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.tasks import Encoding, get_task
 from sat_ehft.precision import resolve_precision, skipped_steps
@@ -275,6 +276,7 @@ def run_stage(spec, out, index):
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
             "precision": resolve_precision(spec.config.precision), "skipped_steps": skipped_steps(records),
+            "ranks": layout(),
             "seconds": round(time.perf_counter() - started, 2),
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
             **ready.reported, **summarize(task, records, spec.config)}
