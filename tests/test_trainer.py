@@ -424,6 +424,25 @@ def test_the_original_order_repeats_one_permutation_across_epochs_and_stages(tmp
     assert sorted(kept["epochs"], key=float) == [str(e) for e in ORIGINAL_EPOCHS]
 
 
+def test_the_original_order_splits_each_global_batch_over_ranks_and_accumulation_steps():
+    """2 ranks x 2 micro-batches of 3 make a global batch of 12: each step's micro-batches, over the ranks, are
+    exactly that step's 12 rows of the repeated permutation; the last, partial batch (30 x 2 = 60 rows = 5
+    batches) fills every part, repeating rows where it has fewer than parts."""
+    from sat_ehft.data_order import OriginalOrder
+
+    config = Config(batch_size=12, micro_batch_size=3)
+    features = [{"label": 0}] * 31
+    plans = [OriginalOrder(features, config, 2, rank, 2, seed=7, pad_id=0) for rank in (0, 1)]
+    stream = plans[0].order.tolist()
+    assert plans[0].total_steps == 6 and plans[0].rounds == 3  # ceil(62 / 12); an evaluation every 31 // 12 = 2
+    for step in range(5):
+        parts = [part for plan in plans for part in plan.micro_batches(step)]
+        assert all(len(part) == 3 for part in parts)
+        assert sorted(i for part in parts for i in part) == sorted(stream[12 * step:12 * step + 12])
+    last = [part for plan in plans for part in plan.micro_batches(5)]  # 2 rows left for 4 parts
+    assert all(len(part) == 1 for part in last) and {i for part in last for i in part} == set(stream[60:])
+
+
 def test_the_original_order_resumes_mid_stage_as_an_uninterrupted_run(tmp_path, rte_features, minilm_tokenizer):
     task, train, dev = rte_features
     features, pad = (task, train[:22], dev), minilm_tokenizer.pad_token_id
