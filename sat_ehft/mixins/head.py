@@ -34,10 +34,12 @@ class ClassificationHead(BaseMixin):
         self.mix_weight = None  # set by a Mixout mixin that mixes the head too: (layer name, weight) -> weight
 
     def linear(self, name, x):
-        """`x` through the head's Linear layer `name` ('dense' or 'out'), its weight mixed where Mixout says so."""
+        """`x` through the head's Linear layer `name` ('dense' or 'out'), its weight mixed where Mixout says so
+        (in training only); otherwise through the layer itself, so that hooks on it see its inputs (Figure 1)."""
         layer = getattr(self, name)
-        weight = layer.weight if self.mix_weight is None else self.mix_weight(name, layer.weight)
-        return F.linear(x, weight, layer.bias)
+        if self.mix_weight is None or not self.training:
+            return layer(x)
+        return F.linear(x, self.mix_weight(name, layer.weight), layer.bias)
 
     def hidden_features(self, hidden, spans=None):
         """The head's 2048-d hidden layer (what the paper's Figure 4 plots)."""
