@@ -49,11 +49,10 @@ def test_methods_run_end_to_end(tmp_path, tiny_bert, rte_dir, method):
         assert not (tmp_path / "run" / stage / "checkpoint").exists()  # removed once the stage is done
 
 
-@pytest.mark.parametrize("head_bias", ["carry", "reinit"])
-def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path, tiny_bert, rte_dir, head_bias):
+def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path, tiny_bert, rte_dir):
     """EH-FT(BitFit)'s Stage 2: the pretrained backbone and the Stage-1 head's weights; its biases carried, or
     (bitfit_head_bias: reinit, as the original code) those of a fresh head, here plain finetuning's."""
-    spec = spec_for("ehft-bitfit", tiny_bert, rte_dir, bitfit_head_bias=head_bias)
+    spec = spec_for("ehft-bitfit", tiny_bert, rte_dir)
     run(spec, tmp_path, log=lambda line: None)
     stage1 = torch.load(tmp_path / "stage1" / "trained.pt", weights_only=True)["tensors"]
     pretrained = load_backbone(tiny_bert).model.state_dict()
@@ -65,10 +64,12 @@ def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path
     assert sorted(heads) == ["mixins.head.dense.bias", "mixins.head.dense.weight", "mixins.head.out.bias",
                              "mixins.head.out.weight"]
     weights, biases = [n for n in heads if n.endswith("weight")], [n for n in heads if n.endswith("bias")]
-    assert all(torch.equal(start[n], stage1[n]) for n in weights)
+    assert all(torch.equal(start[n], stage1[n]) for n in heads)  # carried whole (bitfit_head_bias: carry)
+    reinit = prepare_stage(spec_for("ehft-bitfit", tiny_bert, rte_dir, bitfit_head_bias="reinit"), tmp_path, 1)
+    reinit = reinit.model.state_dict()
     fresh = prepare_stage(spec_for("ft", tiny_bert, rte_dir), tmp_path / "ft", 0).model.state_dict()
     assert not any(torch.equal(stage1[n], fresh[n]) for n in biases)  # Stage 1 trained them: the two can be told apart
-    assert all(torch.equal(start[n], stage1[n] if head_bias == "carry" else fresh[n]) for n in biases)
+    assert all(torch.equal(reinit[n], stage1[n]) for n in weights) and all(torch.equal(reinit[n], fresh[n]) for n in biases)
 
 
 def test_reserve_keeps_the_stage1_lora(tmp_path, tiny_bert, rte_dir):

@@ -18,7 +18,7 @@ from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, 
                               make_optimizer, sat_annealing_schedule, train_stage)
 
 CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0,
-                checkpoint_minutes=0)
+                checkpoint_minutes=30)  # one checkpoint, when a stage ends; tests of resuming ask for one per epoch
 
 
 def classifier(tmp_path, task, stage, dropout=0.1):
@@ -162,7 +162,7 @@ def test_interrupted_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_path, rt
     pad = minilm_tokenizer.pad_token_id
     whole, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
     with pytest.raises(Interrupted):
-        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)], checkpoint_minutes=0)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     capsys.readouterr()
     epochs_run = []
@@ -184,7 +184,8 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_
             model.get_mixin("head").out.bias.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLoss, match=r"nan: steps 4-5: loss is nan at step 4; the last good checkpoint is kept"):
-        run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "nan", callbacks=[poison], log_every=5)
+        run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "nan", callbacks=[poison], log_every=5,
+               checkpoint_minutes=0)
     checkpoints = tmp_path / "nan" / "checkpoint"
     assert (checkpoints / "latest").read_text().strip() == "epoch1"
     saved = torch.load(checkpoints / "epoch1" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
@@ -403,25 +404,35 @@ def record_training_rows(monkeypatch, train):
 ORIGINAL_STEPS, ORIGINAL_EPOCHS = [2, 4, 6, 8, 9], [round(8 * s / 22, 4) for s in (2, 4, 6, 8)] + [3.0]
 
 
-def test_the_original_order_repeats_one_permutation_across_epochs_and_stages(tmp_path, rte_features,
-                                                                              minilm_tokenizer, monkeypatch):
-    """data_order original: one permutation per seed, the same every epoch and in a later stage; batches run across
-    epoch boundaries (ceil(N x E / B) steps, the LR schedule spread over them); dev evaluated every N // B steps
-    and after the last."""
+def test_the_original_order_repeats_one_permutation_and_resumes_mid_stage(tmp_path, rte_features, minilm_tokenizer,
+                                                                         monkeypatch):
+    """data_order original: one permutation per seed, the same every epoch (and, drawn from the seed alone, in a
+    later stage); batches run across epoch boundaries (ceil(N x E / B) steps, the LR schedule spread over them);
+    dev evaluated every N // B steps and after the last. A stage killed after its second evaluation resumes
+    there and ends bit-identical to the uninterrupted run."""
+    from sat_ehft.data_order import OriginalOrder
+
     task, train, dev = rte_features
-    features = (task, train[:22], dev)
+    features, pad = (task, train[:22], dev), minilm_tokenizer.pad_token_id
     seen = record_training_rows(monkeypatch, train)
-    _, records = run_ft(tmp_path, features, minilm_tokenizer.pad_token_id, "stage1", data_order="original")
+    whole, records = run_ft(tmp_path, features, pad, "whole", data_order="original")
     assert sorted(seen[:22]) == list(range(22)) and seen[:22] != list(range(22)) and seen == seen[:22] * 3
-    first = list(seen)
-    seen.clear()
-    run_ft(tmp_path, features, minilm_tokenizer.pad_token_id, "stage2", data_order="original")
-    assert seen == first  # Stage 2 replays it
+    stage2 = OriginalOrder(train[:22], CONFIG, 5, 0, 1, seed=4, pad_id=pad)  # another stage's plan, same seed
+    assert stage2.order.tolist() == seen[:22] * 5
     assert [r["step"] for r in records] == ORIGINAL_STEPS and [r["epoch"] for r in records] == ORIGINAL_EPOCHS
     assert all("accuracy" in r for r in records)
     assert [r["lr"] for r in records] == pytest.approx([1e-3 * linear_schedule(9, 0.1)(s) for s in ORIGINAL_STEPS])
-    kept = json.loads((tmp_path / "stage1" / "dev_predictions.json").read_text())
+    kept = json.loads((tmp_path / "whole" / "dev_predictions.json").read_text())
     assert sorted(kept["epochs"], key=float) == [str(e) for e in ORIGINAL_EPOCHS]
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, features, pad, "cut", callbacks=[interrupt_after(ORIGINAL_EPOCHS[1])], data_order="original",
+               checkpoint_minutes=0)
+    trained = []
+    resumed, resumed_records = run_ft(tmp_path, features, pad, "cut", data_order="original",
+                                      callbacks=[lambda model, record: trained.append(record["step"])])
+    assert trained == ORIGINAL_STEPS[2:]  # resumed after the second evaluation, not restarted
+    assert resumed_records == records
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
 def test_the_original_order_splits_each_global_batch_over_ranks_and_accumulation_steps():
@@ -441,20 +452,6 @@ def test_the_original_order_splits_each_global_batch_over_ranks_and_accumulation
         assert sorted(i for part in parts for i in part) == sorted(stream[12 * step:12 * step + 12])
     last = [part for plan in plans for part in plan.micro_batches(5)]  # 2 rows left for 4 parts
     assert all(len(part) == 1 for part in last) and {i for part in last for i in part} == set(stream[60:])
-
-
-def test_the_original_order_resumes_mid_stage_as_an_uninterrupted_run(tmp_path, rte_features, minilm_tokenizer):
-    task, train, dev = rte_features
-    features, pad = (task, train[:22], dev), minilm_tokenizer.pad_token_id
-    whole, whole_records = run_ft(tmp_path, features, pad, "whole", data_order="original")
-    with pytest.raises(Interrupted):
-        run_ft(tmp_path, features, pad, "cut", callbacks=[interrupt_after(ORIGINAL_EPOCHS[1])], data_order="original")
-    trained = []
-    resumed, resumed_records = run_ft(tmp_path, features, pad, "cut", data_order="original",
-                                      callbacks=[lambda model, record: trained.append(record["step"])])
-    assert trained == ORIGINAL_STEPS[2:]  # resumed after the second evaluation, not restarted
-    assert resumed_records == whole_records
-    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
 def test_report_to_tensorboard_writes_the_logged_losses_and_metrics(tmp_path, rte_features, minilm_tokenizer):
