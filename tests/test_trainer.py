@@ -18,7 +18,7 @@ from sat_ehft.trainer import (NonFiniteLoss, StageBudget, StageFiles, evaluate, 
                               make_optimizer, sat_annealing_schedule, train_stage)
 
 CONFIG = Config(batch_size=8, micro_batch_size=4, eval_batch_size=16, max_length=64, warmup=0.1, clip_grad=1.0,
-                checkpoint_minutes=30)  # one checkpoint, when a stage ends; tests of resuming ask for one per epoch
+                checkpoint_minutes=0)
 
 
 def classifier(tmp_path, task, stage, dropout=0.1):
