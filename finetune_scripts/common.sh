@@ -16,6 +16,8 @@
 #                           NODE_RANK; over ssh DeepSpeed asks that node's `hostname -I` when unset)
 #   MASTER_PORT [29500]
 #   EXPORT_VARS []          more variable names to pass to the other nodes (see TRAVEL below)
+#   SAT_EHFT_COLLECTIVE_TIMEOUT [1800]  seconds a rank waits for the others in a collective: a rank that died
+#                           stops the rest of the launch after at most this
 # Rerunning skips finished stages and resumes an interrupted one.
 set -euo pipefail
 task=${1:?usage: common.sh TASK [METHOD]}
@@ -39,7 +41,7 @@ for pair in ${SET:-}; do args+=(--set "$pair"); done
 # What the other nodes' ranks need from this shell's environment, where set; DeepSpeed's runner exports the
 # variables named in DS_ENV_FILE on every node it starts over ssh (a node started with NODE_RANK has its own).
 TRAVEL=(PATH VIRTUAL_ENV PYTHONPATH HF_HOME HF_HUB_OFFLINE TRANSFORMERS_OFFLINE SAT_EHFT_CACHE SAT_HOME
-        DS_ACCELERATOR OMP_NUM_THREADS WANDB_MODE WANDB_DIR WANDB_API_KEY ${EXPORT_VARS:-})
+        SAT_EHFT_COLLECTIVE_TIMEOUT DS_ACCELERATOR OMP_NUM_THREADS WANDB_MODE WANDB_DIR WANDB_API_KEY ${EXPORT_VARS:-})
 travelling_env() {
   local file name
   file=$(mktemp "${TMPDIR:-/tmp}/sat-ehft-env.XXXXXX")

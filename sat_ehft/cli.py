@@ -105,13 +105,17 @@ def cmd_export(args):
 
 
 def cmd_sweep(args):
-    from sat_ehft.sweep import GridSettings, make_grid, parse_vary, run_grid, write_launchers
+    from sat_ehft.sweep import (GridSettings, SlurmOptions, absolute, make_grid, parse_vary, run_grid,
+                                write_launchers)
 
     runs = make_grid(args.tasks, args.methods, args.seeds, parse_vary(args.vary))
-    settings = GridSettings(model=args.model, data_dir=args.data_dir, config_dir=args.config_dir, sets=tuple(args.set))
+    settings = absolute(GridSettings(model=args.model, data_dir=args.data_dir, config_dir=args.config_dir,
+                                     sets=tuple(args.set)))
     settings.check(runs)
     if args.launchers:
-        write_launchers(args.out, runs, settings, gpus_per_run=args.gpus_per_run, hostfile=args.hostfile)
+        slurm = SlurmOptions(gpus_per_run=args.gpus_per_run, partition=args.slurm_partition, time=args.slurm_time,
+                             cpus_per_task=args.slurm_cpus, mem=args.slurm_mem, setup=args.slurm_setup)
+        write_launchers(args.out, runs, settings, slurm=slurm, hostfile=args.hostfile)
         print(f"wrote {args.out}/commands.txt and slurm.sbatch" + (" and hostfile_launch.sh" if args.hostfile else ""))
         return
     failed = run_grid(args.out, runs, settings, workers=args.workers)
@@ -186,6 +190,7 @@ def registered(registry):
 def build_parser():
     from sat_ehft.config import configs_dir
     from sat_ehft.methods import METHODS
+    from sat_ehft.sweep import SlurmOptions
     from sat_ehft.tasks import TASKS
 
     task, method = registered(TASKS), registered(METHODS)
@@ -261,7 +266,17 @@ def build_parser():
     sweep.add_argument("--workers", type=int, help="runs at once (default: one per visible GPU, else 1)")
     sweep.add_argument("--launchers", action="store_true",
                        help="write commands.txt, slurm.sbatch (and hostfile_launch.sh) instead of running")
-    sweep.add_argument("--gpus-per-run", type=int, default=1, help="with --launchers: GPUs per run")
+    slurm = SlurmOptions()
+    sweep.add_argument("--gpus-per-run", type=int, default=slurm.gpus_per_run,
+                       help="with --launchers: GPUs per Slurm array task (0: none)")
+    sweep.add_argument("--slurm-partition", default=slurm.partition, help="with --launchers: partition (default: "
+                       "the cluster's)")
+    sweep.add_argument("--slurm-time", default=slurm.time, help="with --launchers: time limit per run (%(default)s)")
+    sweep.add_argument("--slurm-cpus", type=int, default=slurm.cpus_per_task,
+                       help="with --launchers: CPU cores per run (%(default)s)")
+    sweep.add_argument("--slurm-mem", default=slurm.mem, help="with --launchers: memory per run (%(default)s)")
+    sweep.add_argument("--slurm-setup", default=slurm.setup,
+                       help="with --launchers: a shell line each task runs first, e.g. 'source venv/bin/activate'")
     sweep.add_argument("--hostfile", help="with --launchers: DeepSpeed hostfile for hostfile_launch.sh")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -308,11 +323,23 @@ def build_parser():
     return parser
 
 
+def lost_rank(err):
+    """A collective failed because another rank is gone: its connections closed, or it stayed silent past the
+    collective timeout (gloo's errors, torch's store errors)."""
+    torch = sys.modules.get("torch")
+    return (torch is not None and isinstance(err, torch.distributed.DistError)) or \
+        (isinstance(err, RuntimeError) and "/gloo/" in str(err))
+
+
 def error_message(err):
     """One line for a failure the user can act on: our own messages as they are, an operating-system error with
     its file (and, for a full disk, the space left there)."""
     if isinstance(err, KeyError) and err.args:
         return err.args[0]
+    if lost_rank(err):
+        return (f"a rank of this launch stopped or stopped answering, on this node or another (see that node's "
+                f"output); every rank stops. Rerun the same command on every node: the run resumes from its last "
+                f"checkpoint. ({err})")
     if type(err) in (FileNotFoundError, FileExistsError) and err.filename is None:
         return str(err)  # ours: the message already names the file
     if isinstance(err, OSError):

@@ -70,7 +70,10 @@ def set_seed(seed):
 
 
 def check_writable(out):
-    """Make the run folder and write a file in it now, so that a wrong --out fails before anything is loaded."""
+    """Make the run folder and write a file in it now, so that a wrong --out fails before anything is loaded.
+    Rank 0 only: it alone writes the folder (the others, on this node or another, would race it for the probe)."""
+    if not is_main():
+        return
     with atomic_path(Path(out) / ".writable") as probe:
         probe.write_bytes(b"")
     (Path(out) / ".writable").unlink()

@@ -2,8 +2,11 @@
 
 import os
 import socket
+from datetime import timedelta
 
 import torch.distributed as dist
+
+TIMEOUT_VARIABLE = "SAT_EHFT_COLLECTIVE_TIMEOUT"
 
 
 def rank_and_world_size():
@@ -32,3 +35,32 @@ def layout():
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     return everyone
+
+
+def collective_timeout():
+    """How long a rank waits in a collective for the others before it fails: SAT_EHFT_COLLECTIVE_TIMEOUT seconds,
+    torch's 30 minutes when unset. A rank that died before a collective (on this node or another) stops the
+    others after this; one that dies inside a collective stops them at once (its connections close)."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "1800")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_VARIABLE}={value!r}: expected a number of seconds above 0")
+    return timedelta(seconds=seconds)
+
+
+def join_sat_groups(timeout):
+    """Make SAT's model-parallel groups (size 1) now, under `timeout`. SAT makes them when the first model is
+    built, with torch's default timeout: torch.distributed.new_group does not inherit the process group's, so a
+    rank that never arrived would keep the others waiting there for 30 minutes."""
+    from sat import mpu
+
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", str(dist.get_world_size())))
+    c10d = dist.distributed_c10d
+    default, c10d.default_pg_timeout = c10d.default_pg_timeout, timeout
+    try:
+        mpu.initialize_model_parallel(1)
+    finally:
+        c10d.default_pg_timeout = default

@@ -24,7 +24,7 @@ from sat_ehft.batching import collate, model_inputs
 from sat_ehft.data_order import accumulation_steps, stage_plan
 from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
 from sat_ehft.precision import deepspeed_precision, resolve_precision
-from sat_ehft.ranks import rank_and_world_size
+from sat_ehft.ranks import collective_timeout, join_sat_groups, rank_and_world_size
 from sat_ehft.tracking import Trackers
 
 
@@ -39,7 +39,8 @@ class StageBudget:
 
 
 def ensure_distributed():
-    """A process group for DeepSpeed: the launcher's, else a one-process group on this machine."""
+    """A process group for DeepSpeed: the launcher's, else a one-process group on this machine; SAT's groups
+    within it. Every collective waits at most sat_ehft.ranks.collective_timeout() for the other ranks."""
     for name, default in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(name, default)
     if not dist.is_initialized():
@@ -49,7 +50,9 @@ def ensure_distributed():
             from sat.helpers import get_free_port
 
             os.environ["MASTER_PORT"] = str(get_free_port())
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        timeout = collective_timeout()
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+        join_sat_groups(timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return dist.get_rank(), dist.get_world_size()
@@ -202,10 +205,30 @@ class _Progress:
         self.predictions = state.get("predictions", {})
 
     def client_state(self):
+        """What a checkpoint keeps beside the weights (every rank calls this; rank 0's copy is saved)."""
         return {"epoch": self.epoch, "records": self.records, "step_losses": self.step_losses,
-                "predictions": self.predictions,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+                "predictions": self.predictions, "rng_by_rank": _rng_states_by_rank()}
+
+
+def _rng_states_by_rank():
+    """Every rank's random number generator states, in rank order: each rank resumes its own (their dropout
+    draws differ), or a resumed multi-rank stage would not end as the uninterrupted one."""
+    mine = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    world_size = rank_and_world_size()[1]
+    if world_size == 1:
+        return [mine]
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+def _set_rng_states(state, rank):
+    """This rank's saved states; with a checkpoint of fewer ranks (or one from before rng_by_rank), rank 0's."""
+    saved = state.get("rng_by_rank") or [{"torch": state["torch_rng"], "cuda": state["cuda_rng"]}]
+    mine = saved[rank] if rank < len(saved) else saved[0]
+    torch.set_rng_state(mine["torch"])
+    if mine["cuda"] is not None:
+        torch.cuda.set_rng_state(mine["cuda"])
 
 
 def _write_jsonl(path, rows):
@@ -226,9 +249,7 @@ def _restore(engine, files, trainable, rank, gold):
     state = checkpoints.restore(engine, files.checkpoints, trainable, report=report)
     if state is None:
         return _Progress()
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"])
+    _set_rng_states(state, rank)
     report(f"{files.folder.name}: resumed after epoch {state['epoch']} from {files.checkpoints}")
     progress = _Progress(state)
     _write_logs(files, progress, rank, gold)  # drops epochs logged after that checkpoint: they train again

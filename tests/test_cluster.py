@@ -10,14 +10,29 @@ import subprocess
 import time
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from conftest import REPO
 from test_launch import free_port, launch_env
 
 NODES = ("127.0.0.2", "127.0.0.3")
-# RTE, both stages of EH-FT(BitFit), sized for seconds: 32 rows, global batch 8 (4 per rank), 2 epochs
-SMALL = "epochs=2 batch_size=8 micro_batch_size=4 eval_batch_size=32 max_length=64 lr=1e-3"
+# RTE, both stages of EH-FT(BitFit), sized for seconds: 32 rows, global batch 8 (4 per rank), 3 epochs (1 + 2),
+# a checkpoint after every epoch
+SMALL = "epochs=3 batch_size=8 micro_batch_size=4 eval_batch_size=32 max_length=64 lr=1e-3 checkpoint_minutes=0"
+# A rank that died before a collective stops the others after this many seconds (sat_ehft.ranks)
+COLLECTIVE_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_running(tmp_path_factory):
+    """After the module: no process of its launches is left, whichever node (or sshd session) started it."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    left = [p for p in psutil.process_iter(["cmdline"]) if any(base in arg for arg in p.info["cmdline"] or [])]
+    for process in left:
+        process.kill()
+    assert not [p.info["cmdline"][:4] for p in left if p.info["cmdline"][0] != "sshd:"]
 
 
 def wait_for_port(address, port, process, log, seconds=20):
@@ -76,11 +91,48 @@ def one_node_two_ranks(tmp_path_factory, tiny_bert, rte_dir):
     return out
 
 
+def script_env(out, tiny_bert, rte_dir, **settings):
+    return launch_env(MODEL=str(tiny_bert), DATA_DIR=str(rte_dir), OUT=str(out), SEED="3", SET=SMALL,
+                      HF_HUB_OFFLINE="1", SAT_EHFT_COLLECTIVE_TIMEOUT=str(COLLECTIVE_TIMEOUT), **settings)
+
+
 def run_script(out, tiny_bert, rte_dir, **settings):
-    env = launch_env(MODEL=str(tiny_bert), DATA_DIR=str(rte_dir), OUT=str(out), SEED="3", SET=SMALL,
-                     HF_HUB_OFFLINE="1", **settings)
-    return subprocess.run(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, capture_output=True, text=True,
+                          env=script_env(out, tiny_bert, rte_dir, **settings), timeout=600)
+
+
+def start_nodes(logs, out, tiny_bert, rte_dir, hostfile, port):
+    """The README's no-ssh launch: the same command on each node, with its NODE_RANK and the first node's
+    address, each in its own session (so that a failed test can stop all of it); output to logs[node]."""
+    return [subprocess.Popen(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, stdout=log.open("w"),
+                             stderr=subprocess.STDOUT, start_new_session=True,
+                             env=script_env(out, tiny_bert, rte_dir, HOSTFILE=str(hostfile), NODE_RANK=str(rank),
+                                            MASTER_ADDR=NODES[0], MASTER_PORT=port))
+            for rank, log in enumerate(logs)]
+
+
+def wait_for(nodes, logs, seconds):
+    """Each node's exit status, once all have ended; after `seconds`, stop them all and fail with their logs."""
+    deadline = time.monotonic() + seconds
+    try:
+        return [node.wait(timeout=max(0.0, deadline - time.monotonic())) for node in nodes]
+    except subprocess.TimeoutExpired:
+        stop(nodes)
+        pytest.fail(f"still running after {seconds} s:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
+
+
+def stop(nodes):
+    for node in nodes:
+        if node.poll() is None:
+            os.killpg(node.pid, 9)
+            node.wait()
+
+
+def rank_process(node):
+    """The training process (one rank) that a node's launcher started."""
+    ranks = [p for p in psutil.Process(node.pid).children(recursive=True) if p.cmdline()[1:4] == ["-u", "-m", "sat_ehft"]]
+    assert len(ranks) == 1, ranks
+    return ranks[0]
 
 
 def assert_same_run(out, reference):
@@ -124,23 +176,47 @@ def test_two_nodes_over_ssh_run_both_stages_as_two_ranks_of_one_node(tmp_path, s
     assert all(f"on {node} port" in sessions for node in NODES)  # sshd saw a connection to each address
 
 
-def test_two_nodes_without_ssh_each_started_with_its_node_rank(tmp_path, one_node_two_ranks, tiny_bert, rte_dir):
+def test_two_nodes_without_ssh_stop_together_when_a_rank_dies_and_resume_to_the_same_run(tmp_path, one_node_two_ranks,
+                                                                                         tiny_bert, rte_dir):
     """As on Kubernetes or a cluster without ssh between nodes: the same command on each node with its own
-    NODE_RANK and the first node's address; no ssh, no pdsh (PATH has none of ours)."""
-    hostfile = tmp_path / "hostfile"
+    NODE_RANK and the first node's address; no ssh, no pdsh (PATH has none of ours). In Stage 2, after its first
+    epoch's checkpoint, the rank on the second node is frozen (a second launch on the folder is refused by the
+    lock meanwhile), then killed: both nodes stop within seconds, the first saying that a rank stopped. The same
+    command again resumes Stage 2 from the checkpoint and ends as the uninterrupted run on one node."""
+    hostfile, out, port = tmp_path / "hostfile", tmp_path / "run", str(free_port())
     hostfile.write_text("".join(f"{node} slots=1\n" for node in NODES))
-    out, port = tmp_path / "run", str(free_port())
-    nodes = [subprocess.Popen(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env=launch_env(MODEL=str(tiny_bert), DATA_DIR=str(rte_dir), OUT=str(out), SEED="3",
-                                             SET=SMALL, HF_HUB_OFFLINE="1", HOSTFILE=str(hostfile),
-                                             NODE_RANK=str(rank), MASTER_ADDR=NODES[0], MASTER_PORT=port))
-             for rank in (0, 1)]
-    outputs = [node.communicate(timeout=600) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
+    nodes = start_nodes(logs, out, tiny_bert, rte_dir, hostfile, port)
+    checkpoint = out / "stage2" / "checkpoint" / "epoch1"
+    try:
+        while not checkpoint.is_dir():
+            assert all(node.poll() is None for node in nodes), "\n".join(log.read_text()[-3000:] for log in logs)
+            time.sleep(0.02)
+        second = rank_process(nodes[1])
+        second.suspend()
+        holder = rank_process(nodes[0])
+        refused = run_script(out, tiny_bert, rte_dir, NUM_GPUS="0")  # one process, as on a login node
+        assert refused.returncode != 0
+        assert f"in use by another sat-ehft run (pid {holder.pid} on {socket.gethostname()})" in refused.stderr
+        second.kill()
+    except BaseException:
+        stop(nodes)
+        raise
+    killed = time.monotonic()
+    assert all(code != 0 for code in wait_for(nodes, logs, COLLECTIVE_TIMEOUT + 60)), [log.read_text() for log in logs]
+    stopped_after = time.monotonic() - killed
+    assert stopped_after < 30, stopped_after  # at once: the dead rank's connections closed
+    assert "a rank of this launch stopped" in logs[0].read_text()
+    assert not (out / "stage2" / "done.json").exists()
+
+    nodes = start_nodes(logs, out, tiny_bert, rte_dir, hostfile, port)
+    assert wait_for(nodes, logs, 600) == [0, 0], [log.read_text()[-3000:] for log in logs]
+    assert "stage1: already finished, skipped" in logs[0].read_text()
+    assert "stage2: resumed after epoch 1" in logs[0].read_text()
     for stage in ("stage1", "stage2"):
         assert [(r["rank"], r["node_rank"]) for r in ranks(out, stage)] == [(0, 0), (1, 1)]
     assert_same_run(out, one_node_two_ranks)
+    print(f"both nodes stopped {stopped_after:.1f} s after the kill")
 
 
 def test_a_node_rank_without_the_master_address_is_refused(tmp_path, tiny_bert, rte_dir):

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, tiny_bert_folder
@@ -250,3 +251,61 @@ def test_hub_setting_makes_the_scripts_read_the_hub(tmp_path, tiny_bert):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2  # offline here: the hub is asked for, and refused at once
     assert "cannot fetch dataset aps/super_glue/rte from the Hugging Face hub: HF_HUB_OFFLINE=1 is set" in run.stderr
+
+
+LATE_RANK = """import datetime, sys, time
+import torch.distributed as dist
+print("imported", flush=True)
+sys.stdin.readline()
+dist.init_process_group("gloo", rank=1, world_size=2, timeout=datetime.timedelta(seconds=60))
+print("joined", flush=True)
+time.sleep(120)
+"""
+FIRST_RANK = """import time
+from sat_ehft.trainer import ensure_distributed
+started = time.monotonic()
+try:
+    ensure_distributed()
+except RuntimeError as err:
+    print(f"failed after {time.monotonic() - started:.1f} s: {type(err).__name__}")
+else:
+    print("ensure_distributed returned")
+"""
+
+
+def test_a_rank_that_stops_answering_fails_the_others_after_the_collective_timeout(tmp_path):
+    """Rank 1 joins the process group, then never makes SAT's groups (as a rank that died there): rank 0 fails
+    after SAT_EHFT_COLLECTIVE_TIMEOUT, not after torch's 30 minutes (new_group does not inherit the timeout)."""
+    port, timeout = free_port(), 20
+    env = launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                     SAT_EHFT_COLLECTIVE_TIMEOUT=str(timeout))
+    late = subprocess.Popen([sys.executable, "-c", LATE_RANK], env={**env, "RANK": "1"}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert late.stdout.readline() == "imported\n"
+    first = subprocess.Popen([sys.executable, "-c", FIRST_RANK], env={**env, "RANK": "0", "LOCAL_RANK": "0"}, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while socket.socket().connect_ex(("127.0.0.1", port)):  # rank 0's store is up: rank 1 may join at once
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        late.stdin.write("go\n")
+        late.stdin.flush()
+        assert late.stdout.readline() == "joined\n"
+        output, errors = first.communicate(timeout=300)  # torch's default would wait 1800 s
+    finally:
+        late.kill()
+        first.kill()
+    verdict = output.strip().splitlines()[-1]
+    assert verdict.startswith("failed after") and verdict.endswith("DistStoreError"), output + errors
+    assert float(verdict.split()[2]) >= timeout
+
+
+def test_the_collective_timeout_must_be_positive_seconds(monkeypatch):
+    from sat_ehft.ranks import collective_timeout
+
+    monkeypatch.setenv("SAT_EHFT_COLLECTIVE_TIMEOUT", "90")
+    assert collective_timeout().total_seconds() == 90
+    for bad in ("0", "-5", "ten"):
+        monkeypatch.setenv("SAT_EHFT_COLLECTIVE_TIMEOUT", bad)
+        with pytest.raises(ValueError, match=f"SAT_EHFT_COLLECTIVE_TIMEOUT='{bad}': expected a number of seconds"):
+            collective_timeout()

@@ -406,3 +406,17 @@ def test_the_run_folder_stays_locked_while_every_stage_trains(tmp_path, tiny_ber
     descriptor = os.open(tmp_path / "run" / ".lock", os.O_RDWR)
     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released at the end
     os.close(descriptor)
+
+
+def test_only_rank_0_probes_the_run_folder(tmp_path, monkeypatch):
+    """Every rank used to write and then delete RUN/.writable: two ranks sharing the folder (two ranks of a node,
+    or two nodes on a shared filesystem) raced, the loser's delete failed, and its death left the others
+    waiting in their first collective."""
+    from sat_ehft import pipeline
+
+    monkeypatch.setattr(pipeline, "is_main", lambda: False)
+    pipeline.check_writable(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(pipeline, "is_main", lambda: True)
+    pipeline.check_writable(tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == []  # made, probed, the probe removed
