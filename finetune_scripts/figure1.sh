@@ -4,4 +4,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 sweep --tasks rte --methods ft lp prefix lora bitfit lp-ft ehft-prefix ehft-bitfit --out "$RUNS/figure1"
-sat-ehft analyze 1 "$RUNS/figure1" --out "$RUNS/figure1"
+collect "$RUNS/figure1" sat-ehft analyze 1 "$RUNS/figure1" --out "$RUNS/figure1"

@@ -5,4 +5,4 @@ set -euo pipefail
 SEEDS=${SEEDS:-1 2 3}
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 sweep --tasks rte --methods ft ehft-bitfit --set track_weight_distance=true --set weight_distance_every=10 --out "$RUNS/figure5"
-sat-ehft analyze 5 "$RUNS/figure5" --out "$RUNS/figure5"
+collect "$RUNS/figure5" sat-ehft analyze 5 "$RUNS/figure5" --out "$RUNS/figure5"

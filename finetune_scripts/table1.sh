@@ -13,4 +13,4 @@ else
   sweep --tasks $ALL_TASKS --methods mixout --vary mixout_p=0.7,0.8,0.9 --vary lr=1e-5,2e-4 --out "$out"
   sweep --tasks $ALL_TASKS --methods child-tuning-d --vary child_tuning_keep=0.1,0.2,0.3 --out "$out"
 fi
-sat-ehft report "$out" --table 1
+collect "$out" sat-ehft report "$out" --table 1

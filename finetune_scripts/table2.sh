@@ -7,4 +7,4 @@ MODEL=${MODEL:-bert-large-uncased}
 CONFIG_DIR=${CONFIG_DIR:-$(dirname "${BASH_SOURCE[0]}")/../configs/bert-large}
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 sweep --tasks $ALL_TASKS --methods ft ehft-bitfit --out "$RUNS/table2"
-sat-ehft report "$RUNS/table2" --table 2
+collect "$RUNS/table2" sat-ehft report "$RUNS/table2" --table 2

@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 sweep --tasks $ALL_TASKS --methods ft ehft-bitfit ehft-bitfit-reserve ehft-lora ehft-lora-reserve --out "$RUNS/table3"
-sat-ehft report "$RUNS/table3" --table 3
+collect "$RUNS/table3" sat-ehft report "$RUNS/table3" --table 3

@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 sweep --tasks rte boolq qnli --methods ehft-lora --vary lora_r=8,16,32,256,512,1024 --out "$RUNS/table4"
-sat-ehft report "$RUNS/table4" --table 4
+collect "$RUNS/table4" sat-ehft report "$RUNS/table4" --table 4

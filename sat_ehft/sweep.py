@@ -177,27 +177,78 @@ def visible_gpus():
         return []
 
 
-def write_launchers(out, runs, settings, gpus_per_run=1, hostfile=None):
-    """commands.txt (one `sat-ehft train` line per run), slurm.sbatch (a job array over those lines) and,
-    given a DeepSpeed hostfile, hostfile_launch.sh (each run as one launch over all hosts)."""
-    out = Path(out)
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What slurm.sbatch asks Slurm for, per array task (one run each)."""
+
+    gpus_per_run: int = 1
+    """GPUs per run (--gres=gpu:N; 0 asks for none). DeepSpeed uses the ones Slurm makes visible."""
+    partition: str = ""
+    """Partition to queue in; empty leaves it to the cluster's default."""
+    time: str = "24:00:00"
+    """Wall-clock limit per run; a run stopped at the limit resumes from its checkpoint when resubmitted."""
+    cpus_per_task: int = 8
+    """CPU cores per run (tokenisation, data loading)."""
+    mem: str = "64G"
+    """Host memory per run."""
+    setup: str = ""
+    """A shell line each task runs first, e.g. 'source ~/venvs/ehft/bin/activate'."""
+
+    def directives(self, count, out):
+        asked = {"job-name": "sat-ehft", "array": f"0-{count - 1}", "partition": self.partition, "time": self.time,
+                 "cpus-per-task": self.cpus_per_task, "mem": self.mem,
+                 "gres": f"gpu:{self.gpus_per_run}" if self.gpus_per_run else "", "output": f"{out}/slurm-%A_%a.out"}
+        return [f"#SBATCH --{key}={value}" for key, value in asked.items() if value != ""]
+
+
+# Each line of commands.txt gets its own rendezvous port, so that array tasks sharing a node never collide.
+FIRST_PORT, PORTS = 29500, 10000
+
+
+def absolute(settings):
+    """The settings with every relative path made absolute (a model name that is no folder stays a name), as
+    every run records them: launch files run wherever the scheduler starts them, and a grid written for a
+    cluster, then collected here, holds the same run.json either way."""
+    model = str(Path(settings.model).absolute()) if Path(settings.model).exists() else settings.model
+    return GridSettings(model=model, data_dir=str(Path(settings.data_dir).absolute()),
+                        config_dir=str(Path(settings.config_dir).absolute()), sets=settings.sets)
+
+
+def launch_lines(out, runs, settings):
+    """commands.txt's lines, one per run of the grid so far: those already there (another sweep into the same
+    folder) and `runs`, a line each, in order; each with its own --master_port."""
+    path, module = out / "commands.txt", ["--no_local_rank", "--module", "sat_ehft"]
+    by_folder = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        words = shlex.split(line)
+        by_folder[words[words.index("--out") + 1]] = words[words.index("--module") + 2:]
+    for run in runs:
+        by_folder[str(run.folder(out))] = settings.train_args(run, out)
+    return [shlex.join(["deepspeed", "--master_port", str(FIRST_PORT + index % PORTS), *module, *train])
+            for index, train in enumerate(by_folder.values())]
+
+
+def write_launchers(out, runs, settings, slurm=SlurmOptions(), hostfile=None):
+    """commands.txt (one `deepspeed ... sat_ehft train` line per run of the grid, every path absolute),
+    slurm.sbatch (a job array over those lines) and, given a DeepSpeed hostfile, hostfile_launch.sh (each run
+    as one launch over all hosts). A line passes no --num_gpus: DeepSpeed then takes the GPUs in
+    CUDA_VISIBLE_DEVICES, which Slurm sets per array task (else every GPU of the node)."""
+    out, settings = Path(out).absolute(), absolute(settings)
     broken = [arg for run in runs for arg in settings.train_args(run, out) if "\n" in arg or "\r" in arg]
     if broken:  # commands.txt holds one run a line, and slurm.sbatch evals a line
         raise ValueError(f"{broken[0]!r}: a value with a line break cannot go on one line of commands.txt")
     write_grid(out, runs, settings)
-    lines = [shlex.join(["deepspeed", "--num_gpus", str(gpus_per_run), "--no_local_rank", "--module", "sat_ehft",
-                         *settings.train_args(run, out.resolve())]) for run in runs]
+    lines = launch_lines(out, runs, settings)
     write_text(out / "commands.txt", "\n".join(lines) + "\n")
     write_text(out / "slurm.sbatch", "\n".join([
-        "#!/usr/bin/env bash",
-        f"#SBATCH --array=0-{len(runs) - 1}",
-        f"#SBATCH --gres=gpu:{gpus_per_run}",
-        "#SBATCH --output=slurm-%A_%a.out",
-        "# One array task per run; finished runs return at once, killed ones resume. Submit: sbatch slurm.sbatch",
-        f'eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str((out / "commands.txt").resolve()))})"',
+        "#!/usr/bin/env bash", *slurm.directives(len(lines), out),
+        "# One array task per line of commands.txt; finished runs return at once, killed ones resume.",
+        "# Submit: sbatch slurm.sbatch",
+        "set -eo pipefail", *([slurm.setup] if slurm.setup else []), f"cd {shlex.quote(str(out))}",
+        f'eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(out / "commands.txt"))})"',
     ]) + "\n")
     if hostfile:
-        launches = [shlex.join(["deepspeed", "--hostfile", str(hostfile), "--no_local_rank", "--module", "sat_ehft",
-                                *settings.train_args(run, out.resolve())]) for run in runs]
+        hosts = str(Path(hostfile).absolute())
+        launches = [line.replace("deepspeed ", f"deepspeed --hostfile {shlex.quote(hosts)} ", 1) for line in lines]
         write_text(out / "hostfile_launch.sh", "#!/usr/bin/env bash\n# Each run uses every host of the hostfile.\n"
                    "set -e\n" + "\n".join(launches) + "\n")

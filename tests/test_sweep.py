@@ -2,10 +2,12 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from conftest import REPO
 from test_launch import launch_env
 
 from sat_ehft.report import write_report
-from sat_ehft.sweep import GridSettings, make_grid, run_grid, write_launchers
+from sat_ehft.sweep import GridSettings, SlurmOptions, make_grid, run_grid, write_launchers
 
 SMALL = "epochs: 2\nbatch_size: 8\nmicro_batch_size: 8\neval_batch_size: 32\nmax_length: 64\nlr: 1.0e-3\n"
 
@@ -101,19 +103,77 @@ def test_report_names_missing_runs(tmp_path, tiny_bert, grid_inputs):
     assert "## Missing runs\n\n- rte ft seed 2" in (tmp_path / "report.md").read_text()
 
 
-def test_launchers_for_clusters(tmp_path, tiny_bert, grid_inputs):
+def test_launchers_for_clusters(tmp_path, tiny_bert, grid_inputs, monkeypatch):
+    """Every path absolute (the scheduler starts a task anywhere), the Slurm options asked for, a port per line,
+    and a second sweep into the folder adds its runs to the same array instead of replacing the first's."""
     data, configs = grid_inputs
+    monkeypatch.chdir(tmp_path)
     runs = make_grid(["rte", "cb"], ["ehft-lora"], [1], {"lora_r": ["8", "16"]})
     assert [r.label for r in runs] == ["ehft-lora lora_r=8", "ehft-lora lora_r=16"] * 2
-    settings = GridSettings(model=str(tiny_bert), data_dir=str(data), config_dir=str(configs), sets=("epochs=3",))
-    write_launchers(tmp_path, runs, settings, gpus_per_run=2, hostfile="hosts")
-    commands = (tmp_path / "commands.txt").read_text().splitlines()
-    assert len(commands) == 4 and all(c.startswith("deepspeed --num_gpus 2 --no_local_rank --module sat_ehft train")
-                                      for c in commands)
-    assert "--set epochs=3 --set lora_r=16" in commands[1] and "rte/ehft-lora__lora_r=16/seed1" in commands[1]
-    sbatch = (tmp_path / "slurm.sbatch").read_text()
-    assert "#SBATCH --array=0-3" in sbatch and "#SBATCH --gres=gpu:2" in sbatch
-    assert (tmp_path / "hostfile_launch.sh").read_text().count("deepspeed --hostfile hosts") == 4
+    (tmp_path / "hosts").write_text("node1 slots=8\n")
+    settings = GridSettings(model=str(tiny_bert), data_dir=os.path.relpath(data), config_dir=os.path.relpath(configs),
+                            sets=("epochs=3",))
+    slurm = SlurmOptions(gpus_per_run=2, partition="a100", time="02:00:00", cpus_per_task=4, mem="32G",
+                         setup="source /opt/venvs/ehft/bin/activate")
+    write_launchers("grid", runs, settings, slurm=slurm, hostfile="hosts")
+    commands = (tmp_path / "grid" / "commands.txt").read_text().splitlines()
+    assert [c.split(" train ")[0] for c in commands] == [
+        f"deepspeed --master_port {29500 + i} --no_local_rank --module sat_ehft" for i in range(4)]
+    assert "--set epochs=3 --set lora_r=16" in commands[1]
+    words = shlex.split(commands[1])
+    for option, path in (("--data-dir", data), ("--config", configs / "rte.yaml"), ("--model", tiny_bert),
+                         ("--out", tmp_path / "grid" / "rte" / "ehft-lora__lora_r=16" / "seed1")):
+        assert words[words.index(option) + 1] == str(path) and Path(path).is_absolute()
+    sbatch = (tmp_path / "grid" / "slurm.sbatch").read_text().splitlines()
+    assert [line for line in sbatch if line.startswith("#SBATCH")] == [
+        "#SBATCH --job-name=sat-ehft", "#SBATCH --array=0-3", "#SBATCH --partition=a100", "#SBATCH --time=02:00:00",
+        "#SBATCH --cpus-per-task=4", "#SBATCH --mem=32G", "#SBATCH --gres=gpu:2",
+        f"#SBATCH --output={tmp_path}/grid/slurm-%A_%a.out"]
+    assert sbatch[-3:-1] == ["source /opt/venvs/ehft/bin/activate", f"cd {tmp_path}/grid"]
+    launches = (tmp_path / "grid" / "hostfile_launch.sh").read_text()
+    assert launches.count(f"deepspeed --hostfile {tmp_path}/hosts --master_port ") == 4
+
+    write_launchers("grid", make_grid(["rte"], ["ft"], [1]), settings, slurm=SlurmOptions(gpus_per_run=0))
+    again = (tmp_path / "grid" / "commands.txt").read_text().splitlines()
+    assert again[:4] == commands and "--method ft" in again[4] and "--master_port 29504" in again[4]
+    sbatch = (tmp_path / "grid" / "slurm.sbatch").read_text()
+    assert "#SBATCH --array=0-4" in sbatch and "--gres" not in sbatch and "--partition" not in sbatch
+
+
+def test_an_array_task_runs_on_the_gpus_slurm_gave_it(tmp_path, tiny_bert, grid_inputs):
+    """DeepSpeed's runner drops CUDA_VISIBLE_DEVICES when given --num_gpus, so every task would take GPU 0
+    unless Slurm confines devices with cgroups. A commands.txt line passes none: the runner, run here as the
+    array task runs it with Slurm's CUDA_VISIBLE_DEVICES=3, takes GPU 3 (and stops, this machine having none)."""
+    data, configs = grid_inputs
+    write_launchers(tmp_path, make_grid(["rte"], ["ft"], [1]), GridSettings(str(tiny_bert), str(data), str(configs)))
+    line = (tmp_path / "commands.txt").read_text().splitlines()[0]
+    task = subprocess.run(["bash", "-c", line], env=launch_env(CUDA_VISIBLE_DEVICES="3"), capture_output=True,
+                          text=True, timeout=300)
+    output = task.stdout + task.stderr
+    assert "Detected VISIBLE_DEVICES=3: setting --include=localhost:3" in output
+    assert "No slot '3' specified on host 'localhost'" in output and task.returncode != 0
+
+
+def test_a_table_script_writes_its_whole_grid_for_slurm(tmp_path, tiny_bert, grid_inputs):
+    """LAUNCHERS=slurm: table1.sh's three sweeps make one array of every run of Table 1 (9 tasks x the 9 plain
+    methods, Top-K's 3 k, Mixout and Child-Tuning_D under the original recipe; one seed), train nothing and
+    report nothing."""
+    data, _ = grid_inputs
+    env = launch_env(MODEL=str(tiny_bert), DATA_DIR=str(data), RUNS=str(tmp_path), SEEDS="1", LAUNCHERS="slurm",
+                     LAUNCHER_OPTIONS="--slurm-partition gpu --slurm-setup 'source /opt/ehft/bin/activate'")
+    done = subprocess.run(["bash", "finetune_scripts/table1.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commands = (tmp_path / "table1" / "commands.txt").read_text().splitlines()
+    assert len(commands) == 9 * (9 + 3 + 2) and len({shlex.split(c)[2] for c in commands}) == len(commands)
+    sbatch = (tmp_path / "table1" / "slurm.sbatch").read_text().splitlines()
+    assert "#SBATCH --array=0-125" in sbatch and "#SBATCH --partition=gpu" in sbatch
+    assert "source /opt/ehft/bin/activate" in sbatch
+    assert f"== wrote {tmp_path}/table1/slurm.sbatch: sbatch it" in done.stdout
+    assert not (tmp_path / "table1" / "report.md").exists() and not list(tmp_path.glob("table1/*/*/*/run.json"))
+    wrong = subprocess.run(["bash", "finetune_scripts/table1.sh"], cwd=REPO, env={**env, "LAUNCHERS": "pbs"},
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "LAUNCHERS=pbs: expected slurm, or unset to train here" in wrong.stderr
 
 
 @pytest.mark.parametrize("options, message", [
