@@ -69,14 +69,24 @@ else
   launch=(python -m sat_ehft)
 fi
 
-# The method's name reaches Python as an argument, never as code.
-stages=$(python -c 'import sys
+# The method's name reaches Python as an argument, never as code. It prints the method's number of stages, then
+# those already finished in OUT (their done.json is there).
+read -r stages finished < <(python -c 'import sys
+from pathlib import Path
 from sat_ehft.methods import get_method
 try:
-    print(len(get_method(sys.argv[1]).stages))
+    method = get_method(sys.argv[1])
 except KeyError as err:
-    sys.exit(f"common.sh: {err.args[0]}")' "$method")
+    sys.exit(f"common.sh: {err.args[0]}")
+done = [str(n) for n, stage in enumerate(method.stages, 1) if (Path(sys.argv[2]) / stage.name / "done.json").is_file()]
+print(len(method.stages), ",".join(done))' "$method" "$out" || echo failed)
+if [ "$stages" = failed ]; then exit 1; fi
 for stage in $(seq 1 "$stages"); do
+  # A finished stage costs no launch; the last one always runs, to check the folder and print the result.
+  if [ "$stage" -lt "$stages" ] && [[ ",$finished," == *",$stage,"* ]]; then
+    echo "== $task $method: stage $stage of $stages already finished, skipped"
+    continue
+  fi
   echo "== $task $method: stage $stage of $stages -> $out"
   "${launch[@]}" "${args[@]}" --stage "$stage"
 done

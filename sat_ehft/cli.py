@@ -5,7 +5,9 @@ import errno
 import json
 import shutil
 import sys
+import textwrap
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,13 @@ def registered(registry):
     return name
 
 
+class NamesWhole(argparse.HelpFormatter):
+    """Help text wrapped between words only: a method's name (ehft-prefix) is copied from --help whole."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser():
     from sat_ehft.config import configs_dir
     from sat_ehft.methods import METHODS
@@ -197,8 +206,9 @@ def build_parser():
     tasks_help, methods_help = f"one of: {', '.join(TASKS)}", f"one of: {', '.join(METHODS)}"
     recipes_help = ("'original' (what the authors' code ran; the shipped task configs'), 'paper' (the paper's text), "
                     "'none' (the dataclass defaults; with --config FILE naming no recipe)")
-    parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="sat-ehft", description=__doc__, formatter_class=NamesWhole)
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=partial(argparse.ArgumentParser, formatter_class=NamesWhole))
 
     convert = commands.add_parser("convert", help="convert a Hugging Face RoBERTa/BERT folder to a SAT folder")
     convert.add_argument("hf_dir", help="Hugging Face checkpoint folder (config.json + weights)")

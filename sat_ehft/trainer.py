@@ -8,6 +8,7 @@ epochs. One process on CPU and N processes under the `deepspeed` launcher run th
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -101,6 +102,17 @@ def sat_annealing_schedule(total_steps, warmup_share):
 
 
 LR_SCHEDULES = {"linear": linear_schedule, "sat-annealing": sat_annealing_schedule}
+
+
+def held_lr_warning(config, total_steps, lr, stage):
+    """A warning when every step of a stage falls inside sat-annealing's hold (it then trains at 5% of its LR
+    throughout, and nothing else says so), naming the keys that fix it; None otherwise."""
+    if config.lr_schedule != "sat-annealing" or total_steps > SAT_AUTO_WARMUP_STEPS:
+        return None
+    return (f"warning: {stage} has {total_steps} steps, all inside lr_schedule sat-annealing's hold at "
+            f"{SAT_AUTO_WARMUP_RATE:.0%} of the LR for the first {SAT_AUTO_WARMUP_STEPS} steps: it trains at "
+            f"{lr * SAT_AUTO_WARMUP_RATE:.3g} throughout. Set lr_schedule=linear, or more epochs or a smaller "
+            "batch_size, for a stage that reaches its LR")
 
 
 def make_optimizer(model, trainable, lr, config):
@@ -364,6 +376,9 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     rank, world_size = ensure_distributed()
     files.folder.mkdir(parents=True, exist_ok=True)
     plan = stage_plan(train_features, config, budget.epochs, rank, world_size, seed, pad_id)
+    warning = held_lr_warning(config, plan.total_steps, budget.lr, files.folder.name)
+    if warning and rank == 0:
+        print(warning, file=sys.stderr, flush=True)
     optimizer = make_optimizer(model, trainable, budget.lr, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LR_SCHEDULES[config.lr_schedule](plan.total_steps,
                                                                                               config.warmup))

@@ -96,6 +96,18 @@ def test_help_lists_every_task_and_method():
             assert "'paper' (the paper's text)" in run.stdout and "'none'" in run.stdout
 
 
+def test_help_on_a_narrow_terminal_keeps_every_method_name_whole(capsys, monkeypatch):
+    """Wrapped at a hyphen, --help showed 'ehft-' and 'prefix' on two lines: a user copied a broken name."""
+    from sat_ehft.cli import main
+    from sat_ehft.methods import METHODS
+
+    monkeypatch.setenv("COLUMNS", "50")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    words = capsys.readouterr().out.replace(",", " ").split()
+    assert all(name in words for name in METHODS), [name for name in METHODS if name not in words]
+
+
 @pytest.mark.parametrize("option, value, message", [("--method", "ehft-adapter", "unknown method 'ehft-adapter'"),
                                                     ("--task", "sst2", "unknown task 'sst2'")])
 def test_unknown_names_fail_before_sat_and_deepspeed_are_imported(tmp_path, option, value, message):

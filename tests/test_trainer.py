@@ -112,14 +112,19 @@ def test_sat_annealing_schedule_holds_5_percent_for_100_steps_then_is_sats_annea
         assert sat_annealing_schedule(total_steps, warmup)(0) > min(0.05, 1 / (warmup * total_steps))
 
 
-def test_the_config_picks_the_schedule_every_stage_runs(tmp_path, rte_features, minilm_tokenizer):
+def test_the_config_picks_the_schedule_every_stage_runs(tmp_path, rte_features, minilm_tokenizer, capsys):
+    """...and a stage that never leaves sat-annealing's hold says so when it starts."""
     from sat_ehft.config import LR_SCHEDULES
 
     assert set(LR_SCHEDULES) == set(TRAINER_SCHEDULES)
+    capsys.readouterr()
     _, records = run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "sat", lr_schedule="sat-annealing")
     assert [r["lr"] for r in records] == pytest.approx([1e-3 * 0.05] * 3)  # 9 steps: SAT holds 5% for 100
+    assert ("warning: sat has 9 steps, all inside lr_schedule sat-annealing's hold at 5% of the LR for the first "
+            "100 steps: it trains at 5e-05 throughout. Set lr_schedule=linear") in capsys.readouterr().err
     _, records = run_ft(tmp_path, rte_features, minilm_tokenizer.pad_token_id, "linear")
     assert [r["lr"] for r in records] == pytest.approx([1e-3 * m for m in map(linear_schedule(9, 0.1), (3, 6, 9))])
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recipe, weight_decay", [("original", 0.01), ("paper", 0.1)])
