@@ -7,6 +7,7 @@ starting any, and the training process compares its own folder (sat_ehft.pipelin
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,17 @@ def described(spec):
     return json.loads(json.dumps(spec.describe()))  # as it reads back from JSON (tuples become lists)
 
 
+# Folders a run records as given: `sat-ehft sweep` records them absolute since it writes launch files, and a
+# grid begun with a relative path resumes from the same working directory.
+PATH_KEYS = ("model", "data_dir")
+
+
+def same_value(key, wanted, recorded):
+    if key in PATH_KEYS and isinstance(wanted, str) and isinstance(recorded, str):
+        return Path(wanted).absolute() == Path(recorded).absolute()
+    return wanted == recorded
+
+
 def differing_keys(spec, recorded):
     """The keys in which run.json's content `recorded` describes another run than `spec` ('config.lr', 'seed').
     A config key the run.json lacks was added to Config after the run started; it counts as its default,
@@ -34,7 +46,7 @@ def differing_keys(spec, recorded):
     from sat_ehft.config import Config
 
     wanted = described(spec)
-    differing = [k for k in wanted if k != "config" and wanted[k] != recorded.get(k)]
+    differing = [k for k in wanted if k != "config" and not same_value(k, wanted[k], recorded.get(k))]
     defaults = described(dataclasses.replace(spec, config=Config()))["config"]
     recorded_config = {**defaults, **recorded["config"]}
     return differing + [f"config.{k}" for k, v in wanted["config"].items() if v != recorded_config.get(k)]

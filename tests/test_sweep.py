@@ -214,3 +214,19 @@ def test_a_grid_refuses_runs_of_other_settings_before_running_anything(tmp_path,
     with pytest.raises(ValueError, match=r"seed2 \(differs in config.clip_grad\)"):
         run_grid(tmp_path, runs, settings, log=lines.append)
     assert (tmp_path / "grid.json").read_text() == grid and len(lines) == 1  # nothing rewritten, nothing run
+
+
+def test_a_folder_recorded_relative_is_the_same_folder_given_absolute(tmp_path, monkeypatch):
+    """sweep now records --data-dir and a model folder absolute; a run recorded relative (by `train`, or by sweep
+    before) still matches from the same working directory, and another folder still differs."""
+    from sat_ehft.config import Config
+    from sat_ehft.runspec import RunSpec, described, differing_keys
+
+    monkeypatch.chdir(tmp_path)
+    recorded = described(RunSpec(task="rte", method="ft", model="models/tiny", data_dir="data", seed=1, config=Config()))
+    same = RunSpec(task="rte", method="ft", model=str(tmp_path / "models" / "tiny"), data_dir=str(tmp_path / "data"),
+                   seed=1, config=Config())
+    assert differing_keys(same, recorded) == []
+    other = RunSpec(task="rte", method="ft", model="roberta-large", data_dir=str(tmp_path / "data2"), seed=1,
+                    config=Config())
+    assert differing_keys(other, recorded) == ["model", "data_dir"]
