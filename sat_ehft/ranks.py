@@ -30,9 +30,15 @@ def layout():
             "host": socket.gethostname()}
     if os.environ.get("SSH_CONNECTION"):  # "client address, client port, server address, server port"
         mine["ssh_address"] = os.environ["SSH_CONNECTION"].split()[2]
-    if rank_and_world_size()[1] == 1:
+    return gathered(mine)
+
+
+def gathered(mine):
+    """Every rank's `mine` (any picklable value), in rank order (each rank calls this)."""
+    world_size = rank_and_world_size()[1]
+    if world_size == 1:
         return [mine]
-    everyone = [None] * dist.get_world_size()
+    everyone = [None] * world_size
     dist.all_gather_object(everyone, mine)
     return everyone
 

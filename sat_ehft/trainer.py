@@ -25,7 +25,7 @@ from sat_ehft.batching import collate, model_inputs
 from sat_ehft.data_order import accumulation_steps, stage_plan
 from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
 from sat_ehft.precision import deepspeed_precision, resolve_precision
-from sat_ehft.ranks import collective_timeout, join_sat_groups, rank_and_world_size
+from sat_ehft.ranks import collective_timeout, gathered, join_sat_groups, rank_and_world_size
 from sat_ehft.tracking import Trackers
 
 
@@ -140,10 +140,7 @@ def head_scores(model, features, batch_size, pad_id, device):
     for start in starts[rank::world_size]:
         batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], pad_id).items()}
         scores[start] = model.encode(**model_inputs(batch)).cpu()
-    if world_size > 1:
-        shares = [None] * world_size
-        dist.all_gather_object(shares, scores)
-        scores = {start: score for share in shares for start, score in share.items()}
+    scores = {start: score for share in gathered(scores) for start, score in share.items()}
     model.train(was_training)
     return torch.cat([scores[start] for start in starts])
 
@@ -225,13 +222,8 @@ class _Progress:
 def _rng_states_by_rank():
     """Every rank's random number generator states, in rank order: each rank resumes its own (their dropout
     draws differ), or a resumed multi-rank stage would not end as the uninterrupted one."""
-    mine = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    world_size = rank_and_world_size()[1]
-    if world_size == 1:
-        return [mine]
-    everyone = [None] * world_size
-    dist.all_gather_object(everyone, mine)
-    return everyone
+    return gathered({"torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})
 
 
 def _set_rng_states(state, rank):

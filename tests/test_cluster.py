@@ -31,8 +31,11 @@ def nothing_left_running(tmp_path_factory):
     base = str(tmp_path_factory.getbasetemp())
     left = [p for p in psutil.process_iter(["cmdline"]) if any(base in arg for arg in p.info["cmdline"] or [])]
     for process in left:
-        process.kill()
-    assert not [p.info["cmdline"][:4] for p in left if p.info["cmdline"][0] != "sshd:"]
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:  # ended meanwhile
+            pass
+    assert not [p.info["cmdline"][:4] for p in left if not p.info["cmdline"][0].startswith("sshd")]
 
 
 def wait_for_port(address, port, process, log, seconds=20):

@@ -277,6 +277,11 @@ else:
 """
 
 
+def store_listens(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_a_rank_that_stops_answering_fails_the_others_after_the_collective_timeout(tmp_path):
     """Rank 1 joins the process group, then never makes SAT's groups (as a rank that died there): rank 0 fails
     after SAT_EHFT_COLLECTIVE_TIMEOUT, not after torch's 30 minutes (new_group does not inherit the timeout)."""
@@ -289,7 +294,7 @@ def test_a_rank_that_stops_answering_fails_the_others_after_the_collective_timeo
     first = subprocess.Popen([sys.executable, "-c", FIRST_RANK], env={**env, "RANK": "0", "LOCAL_RANK": "0"}, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        while socket.socket().connect_ex(("127.0.0.1", port)):  # rank 0's store is up: rank 1 may join at once
+        while not store_listens(port):  # then rank 1 may join at once
             assert first.poll() is None, first.communicate()
             time.sleep(0.05)
         late.stdin.write("go\n")
