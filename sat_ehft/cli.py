@@ -89,11 +89,11 @@ def cmd_train(args):
 def cmd_predict(args):
     from sat_ehft.predict import default_output, load_classifier, predict, write_predictions
 
-    classifier = load_classifier(args.run)
+    classifier = load_classifier(args.run, args.weights)
     predictions = predict(classifier, args.split, data_dir=args.data_dir, hub=args.hub)
     path = write_predictions(predictions, args.out or default_output(args.run, args.split, args.format), args.format)
-    print(f"{classifier.spec.task} {args.split}: {len(predictions.examples)} predictions of {classifier.source} "
-          f"written to {path}")
+    print(f"{classifier.spec.task} {args.split}: {len(predictions.examples)} predictions of {classifier.source}, "
+          f"{classifier.weights} weights, written to {path}")
     if predictions.metrics:
         print("metrics: " + ", ".join(f"{name} {value:.4f}" for name, value in predictions.metrics.items()))
 
@@ -101,9 +101,10 @@ def cmd_predict(args):
 def cmd_export(args):
     from sat_ehft.export import export_run
 
-    difference = export_run(args.run, args.out)
+    difference, weights = export_run(args.run, args.out, args.weights)
     print(f"wrote {args.out}: a Hugging Face classifier (AutoModelForSequenceClassification.from_pretrained(..., "
-          f"trust_remote_code=True)); reloaded and checked, logits within {difference:.2g} of sat-ehft's")
+          f"trust_remote_code=True)) with {weights} weights; reloaded and checked, logits within {difference:.2g} "
+          "of sat-ehft's")
 
 
 def cmd_sweep(args):
@@ -199,6 +200,7 @@ class NamesWhole(argparse.HelpFormatter):
 def build_parser():
     from sat_ehft.config import configs_dir
     from sat_ehft.methods import METHODS
+    from sat_ehft.runspec import WEIGHTS
     from sat_ehft.sweep import SlurmOptions
     from sat_ehft.tasks import TASKS
 
@@ -254,11 +256,15 @@ def build_parser():
                          "leaderboard: the GLUE/SuperGLUE server's file for this task (RTE.jsonl, MRPC.tsv, ...)")
     predict.add_argument("--out", help="jsonl: the file to write (default RUN/predictions/SPLIT.jsonl); "
                          "leaderboard: the folder to write the task's file into (default RUN/leaderboard/SPLIT)")
+    weights_help = ("the final stage's best dev epoch's weights (its best.pt; the last epoch's where the run kept "
+                    "none) or the last epoch's (default: best)")
+    predict.add_argument("--weights", choices=WEIGHTS, default="best", help=weights_help)
     predict.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="a finished run's classifier as a Hugging Face folder (with its head)")
     export.add_argument("run", help="run folder written by sat-ehft train")
     export.add_argument("out", help="new folder to write (must not exist)")
+    export.add_argument("--weights", choices=WEIGHTS, default="best", help=weights_help)
     export.set_defaults(func=cmd_export)
 
     sweep = commands.add_parser("sweep", help="run a grid of tasks x methods x seeds (resumable), or write launchers")

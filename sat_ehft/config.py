@@ -119,6 +119,8 @@ class Config:
     """Optimizer steps between reads of the training loss on the host (each read waits for the device); all are logged."""
     checkpoint_minutes: float = 30.0
     """Minutes of training between resumable checkpoints (one more when a stage ends; at most one per epoch; 0: every epoch)."""
+    save_best: bool = True
+    """Keep the final stage's best dev epoch's trained tensors (STAGE/best.pt) for predict and export."""
     save_model: bool = False
     """Also write the final classifier as a SAT checkpoint folder RUN/model (large for RoBERTa-large)."""
     track_weight_distance: bool = False

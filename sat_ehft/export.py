@@ -72,6 +72,7 @@ def exported_config(classifier, origin, weights):
                           "inner_size": head.dense.out_features, "objective": task.objective,
                           "pooler": any(name.startswith(f"{kind}.pooler.") for name in weights)},
             "id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)},
+            "problem_type": "regression" if task.is_regression else "single_label_classification",
             "ehft_run": {"task": task.name, "method": classifier.spec.method, "seed": classifier.spec.seed}}
 
 
@@ -105,6 +106,8 @@ def check_export(folder, classifier):
     with torch.no_grad():
         ours = classifier.model.cpu().eval().encode(**inputs).float()
         theirs = reloaded.to(dtype).eval()(**inputs).logits.float()
+    if get_task(classifier.spec.task).objective == "binary":
+        ours = hf_modeling.two_label_logits(ours)
     difference = (ours - theirs).abs().max().item()
     tolerance = TOLERANCE[resolve_precision(classifier.spec.config.precision)]
     if not difference <= tolerance:
@@ -120,7 +123,8 @@ def head_description(task):
     if task.choices > 1:
         reads += f"; each example is {task.choices} rows, one per choice, and the logits are [batch, {task.choices}]"
     if task.objective == "binary":
-        meaning = f"one logit, P({task.labels[1]}) = sigmoid(logit)"
+        meaning = (f"one logit l, returned as the two logits [0, l]: softmax gives P({task.labels[1]}) = sigmoid(l), "
+                   "argmax the label, as `id2label` and the text-classification pipeline read them")
     elif task.choices > 1:
         meaning = "one logit per choice, softmax over the choices"
     else:
@@ -169,7 +173,7 @@ logits = model(**tokenizer(FIRST, SECOND, return_tensors="pt")).logits
 | seed | {spec.seed} |
 
 Dev {result["metric"]} of the final stage: best {result["best"]:.4f} (epoch {result["best_epoch"]}),
-last {result["last"]:.4f}; these weights are the last epoch's.
+last {result["last"]:.4f}; these weights are {classifier.weights}.
 
 | stage | epochs | peak LR | best | last |
 |---|---|---|---|---|
@@ -186,10 +190,10 @@ classifier within {difference:.2g} on sample inputs.
 """
 
 
-def export_run(run, out):
-    """Write the run's final classifier to the new folder `out` (see the module docstring); returns the check's
-    largest logit difference."""
-    classifier = load_classifier(run)
+def export_run(run, out, weights="best"):
+    """Write the run's final classifier, with its best or last epoch's weights, to the new folder `out` (see the
+    module docstring); returns the check's largest logit difference and which weights, in words."""
+    classifier = load_classifier(run, weights)
     origin, extras = read_hf_origin(classifier.folder)
     weights = exported_weights(classifier, extras)
     from safetensors.torch import save_file
@@ -202,4 +206,4 @@ def export_run(run, out):
         classifier.tokenizer.save_pretrained(str(tmp))
         difference = check_export(tmp, classifier)
         (tmp / "README.md").write_text(model_card(classifier, run, difference), encoding="utf-8")
-    return difference
+    return difference, classifier.weights

@@ -11,6 +11,9 @@ The head reads the final hidden states: 'cls' pooling takes the first token; 'sp
 [CLS, span1, span2, |span1 - span2|, span1 * span2] with the target word's token spans mean-pooled, given as
 `spans` [batch, 2, 2] (first token, last token + 1). With `choices` > 1 (COPA) each sequence gets one score and
 the logits are [batch, choices]; the input is [batch, choices, length] or its rows one choice after another.
+A binary task's head has one output l (trained with BCE, as the original code did); the classifier returns the
+two logits [0, l], so that softmax gives (1 - sigmoid(l), sigmoid(l)) and argmax the label, as Hugging Face's
+`id2label` and text-classification pipeline read a two-label classifier.
 """
 
 import torch
@@ -38,6 +41,11 @@ def task_loss(scores, labels, objective):
     if objective == "binary":
         return F.binary_cross_entropy_with_logits(scores.squeeze(-1).float(), labels.float())
     return F.cross_entropy(scores.float(), labels.long())
+
+
+def two_label_logits(logit):
+    """[0, l] from a binary head's one logit l [rows, 1]: softmax of it is (1 - sigmoid(l), sigmoid(l))."""
+    return torch.cat([torch.zeros_like(logit), logit], dim=-1)
 
 
 class EhftHead(nn.Module):
@@ -74,6 +82,8 @@ class EhftClassifier:
         if head["choices"] > 1:
             logits = logits.view(-1, head["choices"])
         loss = None if labels is None else task_loss(logits, labels, head["objective"])
+        if head["objective"] == "binary":
+            logits = two_label_logits(logits)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

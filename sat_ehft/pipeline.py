@@ -16,6 +16,8 @@ Run folder (the contract with everything that reads results):
   <stage>/cost.json            seconds spent training, evaluating, checkpointing; checkpoint bytes (every start)
   <stage>/checkpoint/          the last resumable checkpoint (sat_ehft.checkpoints; removed when the stage ends)
   <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id + origin
+  <stage>/best.pt              the final stage's best dev epoch's, as trained.pt, with its epoch (config save_best)
+  <stage>/progress.log         a line per epoch (printed too where the output is no terminal)
   <stage>/done.json            best and last scores, epochs, LR, seconds, cost, fp16 steps skipped, where each rank
                                ran: the stage is finished
   model/                       the final classifier as a SAT checkpoint folder (config save_model)
@@ -29,9 +31,11 @@ import os
 import random
 import shutil
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +54,7 @@ from sat_ehft.ranks import barrier, is_main, layout
 from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.tasks import Encoding, get_task
 from sat_ehft.precision import resolve_precision, skipped_steps
-from sat_ehft.trainer import StageBudget, StageFiles, ensure_distributed, train_stage
+from sat_ehft.trainer import BestKeeper, StageBudget, StageFiles, ensure_distributed, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
 
 
@@ -169,10 +173,38 @@ def stage_origin(spec, stage):
     return {"task": spec.task, "method": spec.method, "seed": spec.seed, "stage": stage.name}
 
 
-def save_trained(model, trainable, fingerprint, origin, path):
-    tensors = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if n in trainable}
+BEST_WEIGHTS = "best.pt"
+
+
+def trained_tensors(model, trainable):
+    """A copy, in fp32 on the host, of the tensors a stage trains."""
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if n in trainable}
+
+
+def write_trained(tensors, fingerprint, origin, path, **extra):
     with atomic_path(path) as tmp:
-        torch.save({"tensors": tensors, "backbone": fingerprint, "origin": origin}, tmp)
+        torch.save({"tensors": tensors, "backbone": fingerprint, "origin": origin, **extra}, tmp)
+
+
+def best_keeper(ready, spec, stage, folder):
+    """Keeps the final stage's best epoch in STAGE/best.pt (trained.pt's layout, plus the epoch and its record)."""
+    task = get_task(spec.task)
+
+    def write(tensors, record):
+        write_trained(tensors, ready.backbone.fingerprint, stage_origin(spec, stage), folder / BEST_WEIGHTS,
+                      epoch=record["epoch"], record=record)
+    return BestKeeper(selection_metric(task, spec.config), partial(trained_tensors, trainable=ready.trainable), write)
+
+
+def check_best(folder, done):
+    """best.pt must hold the epoch done.json calls best. A kill between best.pt and the checkpoint after it,
+    followed by a resume that trains differently (nondeterministic kernels), could leave another: then it is
+    removed, and predict and export fall back to the last epoch, saying so."""
+    path = folder / BEST_WEIGHTS
+    if path.is_file() and load_trained(path).get("epoch") != done["best"]["epoch"]:
+        path.unlink()
+        print(f"warning: {path} did not hold the best epoch ({done['best']['epoch']}) after a resume; removed: "
+              "the run keeps its last epoch's weights only", file=sys.stderr, flush=True)
 
 
 def save_model(model, backbone, folder):
@@ -271,10 +303,12 @@ def run_stage(spec, out, index):
     files = StageFiles(folder)
     distance = [WeightDistanceLog(ready.model, folder, spec.config.weight_distance_every)] \
         if spec.config.track_weight_distance and is_main() else []
+    final = index == len(method.stages) - 1
+    keeper = best_keeper(ready, spec, stage, folder) if final and spec.config.save_best else None
     records, cost = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev,
                                 training_config(spec.config, stage), budget, seed=spec.seed,
                                 pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=distance,
-                                step_callbacks=[log.on_step for log in distance])
+                                step_callbacks=[log.on_step for log in distance], best=keeper)
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
@@ -284,9 +318,10 @@ def run_stage(spec, out, index):
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
             **ready.reported, **summarize(task, records, spec.config)}
     if is_main():
-        save_trained(ready.model, ready.trainable, ready.backbone.fingerprint, stage_origin(spec, stage),
-                     folder / "trained.pt")
-        if spec.config.save_model and index == len(method.stages) - 1:
+        write_trained(trained_tensors(ready.model, ready.trainable), ready.backbone.fingerprint,
+                      stage_origin(spec, stage), folder / "trained.pt")
+        check_best(folder, done)
+        if spec.config.save_model and final:
             save_model(ready.model, ready.backbone, Path(out) / "model")
         write_json(folder / "done.json", done)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
@@ -303,15 +338,15 @@ def read_run(out):
                    data_dir=recorded["data_dir"], seed=recorded["seed"], config=load_config(overrides=recorded["config"]))
 
 
-def rebuild_stage_model(out, stage_name):
+def rebuild_stage_model(out, stage_name, weights="trained.pt"):
     """The model as a finished stage left it: the pretrained backbone, that stage's head and mixins, and
-    every tensor the stage trained (from its trained.pt). Returns (backbone, model, spec)."""
+    every tensor the stage trained (from its trained.pt, or `weights`: best.pt). Returns (backbone, model, spec)."""
     spec = read_run(out)
     method, task = get_method(spec.method), get_task(spec.task)
     stage = next(s for s in method.stages if s.name == stage_name)
     backbone = load_backbone(spec.model)
     model, _ = build_classifier(backbone, task, stage, spec.config)
-    trained = load_trained(Path(out) / stage_name / "trained.pt")["tensors"]
+    trained = load_trained(Path(out) / stage_name / weights)["tensors"]
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in trained.items():

@@ -1,9 +1,11 @@
 """Predictions of a finished run's classifier on a dev or test split.
 
-The classifier is the run's final stage: `RUN/model` when it was saved (config `save_model`), else the final
-stage's trained.pt on the pretrained backbone. It runs in the precision the run trained in (DeepSpeed casts the
-whole module, so the run's own dev scores were computed in it) with the run's eval batch size, so that the dev
-metrics equal the run's last-epoch scores.
+The classifier is the run's final stage with the weights of its best dev epoch (`weights="best"`: the final
+stage's best.pt, config `save_best`) or of its last (`"last"`: `RUN/model` when it was saved, config
+`save_model`, else the final stage's trained.pt), on the pretrained backbone. A run without best.pt (save_best
+off, or trained before it existed) gives its last epoch's, and says so. It runs in the precision the run trained
+in (DeepSpeed casts the whole module, so the run's own dev scores were computed in it) with the run's eval batch
+size, so that the dev metrics equal the run's record of that epoch.
 
 Two output formats:
 - `jsonl`: one line per example, {"idx", "label" (the label name; the score for regression), "score" (the
@@ -20,9 +22,10 @@ import torch
 from sat_ehft import metrics, objective
 from sat_ehft.atomic import write_text
 from sat_ehft.methods import get_method
-from sat_ehft.pipeline import read_run, rebuild_stage_model, run_encoding, stage_done
+from sat_ehft.pipeline import BEST_WEIGHTS, read_run, rebuild_stage_model, run_encoding, stage_done
 from sat_ehft.tasks import encode_examples, get_task
 from sat_ehft.precision import resolve_precision
+from sat_ehft.runspec import WEIGHTS
 from sat_ehft.trainer import head_scores
 
 MODEL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,13 +37,15 @@ class Classifier:
     model: torch.nn.Module
     tokenizer: object
     spec: object  # the run's RunSpec
-    source: Path  # RUN/model, or the final stage's trained.pt
+    source: Path  # RUN/model, or the final stage's trained.pt or best.pt
     config: dict  # the SAT model_config.json of the classifier, its head and PET mixins under "ehft_mixins"
     folder: Path  # the SAT folder its backbone came from (RUN/model, or the pretrained backbone's)
+    weights: str  # which epoch's weights, in words: "the best epoch's (epoch 3)"
 
 
-def load_classifier(out):
-    """The finished run's final classifier (see the module docstring), in eval mode on the CPU."""
+def load_classifier(out, weights="best"):
+    """The finished run's final classifier with its best or last epoch's weights (see the module docstring), in
+    eval mode on the CPU."""
     from sat_ehft.backbone import load_sat_folder
     from sat_ehft.convert import TOKENIZER_SUBDIR
     from sat_ehft.folders import load_model_tokenizer
@@ -50,10 +55,17 @@ def load_classifier(out):
         raise FileNotFoundError(f"{out / 'run.json'}: missing; {out} is not a run folder (sat-ehft train --out)")
     spec = read_run(out)
     final = get_method(spec.method).stages[-1]
-    if not stage_done(out, final):
+    done = stage_done(out, final)
+    if not done:
         raise ValueError(f"{out}: {final.name} has not finished; rerun the training command to finish it first")
-    saved = out / "model"
-    if saved.is_dir():
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: expected best or last")
+    saved, best = out / "model", out / final.name / BEST_WEIGHTS
+    if weights == "best" and best.is_file():
+        backbone, model, spec = rebuild_stage_model(out, final.name, BEST_WEIGHTS)
+        tokenizer, source = backbone.load_tokenizer(), best
+        chosen = f"the best epoch's (epoch {done['best']['epoch']})"
+    elif saved.is_dir():
         backbone = load_sat_folder(saved)
         model, source = backbone.model.eval(), saved
         model.unpad = spec.config.unpad
@@ -62,8 +74,13 @@ def load_classifier(out):
     else:
         backbone, model, spec = rebuild_stage_model(out, final.name)
         tokenizer, source = backbone.load_tokenizer(), out / final.name / "trained.pt"
-    return Classifier(model.to(MODEL_DTYPES[resolve_precision(spec.config.precision)]), tokenizer, spec, source, backbone.config,
-                      backbone.folder)
+    if weights == "last" or best.is_file():
+        chosen = chosen if source == best else f"the last epoch's (epoch {done['last']['epoch']})"
+    else:
+        chosen = (f"the last epoch's (epoch {done['last']['epoch']}): the run kept no {final.name}/{BEST_WEIGHTS} "
+                  "(save_best off, or trained before it existed)")
+    return Classifier(model.to(MODEL_DTYPES[resolve_precision(spec.config.precision)]), tokenizer, spec, source,
+                      backbone.config, backbone.folder, chosen)
 
 
 @dataclass

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+# Which epoch's weights of a finished run predict and export use: the final stage's best dev epoch (best.pt,
+# config save_best) or its last (trained.pt, or RUN/model).
+WEIGHTS = ("best", "last")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     task: str

@@ -201,6 +201,10 @@ class StageFiles:
     def tensorboard(self):
         return self.folder / "tensorboard"
 
+    @property
+    def progress_log(self):
+        return self.folder / "progress.log"
+
 
 class _Progress:
     """The resumable state of a stage: finished epochs, their records, the per-step losses, and the dev
@@ -255,6 +259,8 @@ def _restore(engine, files, trainable, rank, gold):
         return _Progress()
     _set_rng_states(state, rank)
     report(f"{files.folder.name}: resumed after epoch {state['epoch']} from {files.checkpoints}")
+    if rank == 0:
+        note_progress(files, f"{files.folder.name}: resumed after epoch {state['epoch']}")
     progress = _Progress(state)
     _write_logs(files, progress, rank, gold)  # drops epochs logged after that checkpoint: they train again
     return progress
@@ -283,8 +289,10 @@ def _read_cost(files):
             "checkpoints": 0}
 
 
-def _save(engine, files, progress, cost):
+def _save(engine, files, progress, cost, best):
     started = time.perf_counter()
+    if best is not None:
+        best.flush()
     cost["checkpoint_bytes"] += checkpoints.save(engine, files.checkpoints, progress.epoch, progress.client_state())
     cost["checkpoints"] += 1
     cost["checkpoint_seconds"] += time.perf_counter() - started
@@ -349,15 +357,38 @@ def backbone_grad_norm(engine, names, precision):
     return norm / getattr(engine.optimizer, "loss_scale", 1.0) if precision == "fp16" else norm
 
 
+@dataclass
+class BestKeeper:
+    """Keeps the best evaluated epoch's weights (rank 0): `snapshot(model)` copies them when an epoch's `metric`
+    beats every earlier epoch's (the first of equals stays best, as the stage's summary picks it), and
+    `write(tensors, record)` stores that copy with the next checkpoint, so that a resumed stage holds the best
+    of the epochs it keeps, never one of those it trains again."""
+
+    metric: str
+    snapshot: object
+    write: object
+    pending: tuple = None
+
+    def consider(self, model, record, earlier):
+        if self.metric in record and all(record[self.metric] > r[self.metric] for r in earlier if self.metric in r):
+            self.pending = (self.snapshot(model), record)
+
+    def flush(self):
+        if self.pending is not None:
+            self.write(*self.pending)
+            self.pending = None
+
+
 def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
-                callbacks=(), step_callbacks=(), clock=time.monotonic):
+                callbacks=(), step_callbacks=(), clock=time.monotonic, best=None):
     """Train `model` for `budget`; return (per-epoch records, cost: seconds spent training, evaluating and
     checkpointing, checkpoint bytes written).
 
     After every epoch: dev metrics (every `config.eval_every` epochs and after the last), then metrics.jsonl
     and train_loss.jsonl rewritten atomically, then a checkpoint in `files.checkpoints` when
     `config.checkpoint_minutes` have passed since the last one (and after the last epoch; see
-    sat_ehft.checkpoints), then each callback gets (model, record). A rerun with the
+    sat_ehft.checkpoints; `best`, a BestKeeper, writes the best epoch so far just before it), then each
+    callback gets (model, record). A rerun with the
     same arguments resumes after the last checkpoint and ends as an uninterrupted run would. A NaN loss
     raises NonFiniteLoss when read (every `config.log_every` steps, see StepLosses) and leaves the last good
     checkpoint. Each of `step_callbacks` gets (model, step) after every optimizer step. `clock` (seconds)
@@ -400,19 +431,46 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                   **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
+        if best is not None and rank == 0:
+            best.consider(engine.module, record, progress.records)
         progress.epoch, progress.records = round_index + 1, progress.records + [record]
         _write_logs(files, progress, rank, gold)
         if policy.due(round_index + 1):
-            _save(engine, files, progress, cost)
+            _save(engine, files, progress, cost, best if rank == 0 else None)
             policy.saved()
         if rank == 0:
             write_json(files.cost, cost)
+            show_progress(files, progress_line(files.folder.name, record, budget.epochs, task, cost))
         trackers.log({f"dev/{key}": value for key, value in record.items()}, record["step"])
         trackers.flush()
         for callback in callbacks:
             callback(engine.module, record)
     trackers.close()
     return progress.records, cost
+
+
+def progress_line(stage, record, epochs, task, cost):
+    """One epoch in a line: stage, epoch, step, training loss (and accuracy), dev metrics, time spent so far."""
+    train = f"train loss {record['train_loss']:.4f}" + (
+        f", accuracy {record['train_accuracy']:.4f}" if "train_accuracy" in record else "")
+    dev = ", ".join(f"{name} {record[name]:.4f}" for name in task.metrics if name in record)
+    spent = sum(cost[key] for key in ("train_seconds", "eval_seconds", "checkpoint_seconds"))
+    return (f"{stage} epoch {record['epoch']:g}/{epochs} step {record['step']}: {train}"
+            f"{'; dev ' + dev if dev else ''} ({spent:.0f} s)")
+
+
+def note_progress(files, line):
+    """Append `line` to the stage's progress.log (a kill may leave epochs there that then train again)."""
+    with files.progress_log.open("a", encoding="utf-8") as log:
+        log.write(line + "\n")
+
+
+def show_progress(files, line):
+    """note_progress, and print `line` where tqdm's bar is off (output that is not a terminal: Slurm logs,
+    nohup, a pipe, CI), so that such a log shows the run moving."""
+    note_progress(files, line)
+    if not sys.stdout.isatty():
+        print(line, flush=True)
 
 
 def _skipped(engine, before, precision):

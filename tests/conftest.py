@@ -81,15 +81,19 @@ def padded_batch(vocab, lengths, pad_id, seed=0, width=None):
     return ids, mask
 
 
-@pytest.fixture(scope="session")
-def rte_dir(tmp_path_factory, shared_data):
-    """A few real RTE rows in the official layout (written here, never committed)."""
-    folder = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 32), ("val", 16)):
+def rte_rows(folder, shared_data, train, val):
+    """The first `train` and `val` rows of the real RTE in the official layout under `folder` (never committed)."""
+    for split, count in (("train", train), ("val", val)):
         lines = (shared_data / "superglue/RTE" / f"{split}.jsonl").read_text().splitlines()[:count]
         (folder / "superglue/RTE").mkdir(parents=True, exist_ok=True)
         (folder / "superglue/RTE" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def rte_dir(tmp_path_factory, shared_data):
+    """A few real RTE rows: 32 to train on, 16 to evaluate."""
+    return rte_rows(tmp_path_factory.mktemp("data"), shared_data, 32, 16)
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,15 @@ from sat_ehft.atomic import atomic_path
 from sat_ehft.cli import error_message
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
-from sat_ehft.trainer import StageBudget, StageFiles, train_stage
+from sat_ehft.trainer import BestKeeper, StageBudget, StageFiles, train_stage
 
 
-def train(tmp_path, rte_features, pad_id, folder, method="ehft-bitfit", epochs=2, callbacks=(), clock=None, **config):
+def train(tmp_path, rte_features, pad_id, folder, method="ehft-bitfit", epochs=2, callbacks=(), clock=None, best=None,
+          **config):
     task, train_rows, dev = rte_features
     model, trainable = classifier(tmp_path, task, get_method(method).stages[0])
     extra = {"clock": clock} if clock else {}
+    extra.update({"best": best} if best else {})
     records, cost = train_stage(model, trainable, task, train_rows, dev, Config(**{**CONFIG.__dict__, **config}),
                                 StageBudget(lr=1e-3, epochs=epochs), seed=3, pad_id=pad_id,
                                 files=StageFiles(tmp_path / folder), callbacks=callbacks, **extra)
@@ -250,3 +252,42 @@ def test_a_full_disk_during_an_atomic_write_names_the_file_and_keeps_the_old_one
             raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 1000")
     assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(path)
     assert path.read_bytes() == b"the previous file" and os.listdir(tmp_path) == ["trained.pt"]
+
+
+def test_the_best_epochs_weights_are_kept_and_written_with_the_checkpoint_after_them(tmp_path, rte_features,
+                                                                                    minilm_tokenizer):
+    """BestKeeper holds the best epoch so far (the first of equals) and writes it just before the next
+    checkpoint (here after epochs 3, 5 and 6: 10 minutes an epoch, checkpoint_minutes=15). Killed after a new
+    best (epoch 4) but before that checkpoint, the stage leaves the earlier best on disk; resumed, it trains
+    epoch 4 again and ends with the best weights of an uninterrupted run."""
+    pad, now = minilm_tokenizer.pad_token_id, [0.0]
+
+    def keeper(written):
+        def write(tensors, record):
+            written.append((record["epoch"], tensors))
+        return BestKeeper("accuracy", lambda model: {n: p.detach().clone() for n, p in model.named_parameters()}, write)
+
+    def ten_minutes_pass(model, record):
+        now[0] += 600
+
+    def run(folder, written, *callbacks):
+        now[0] = 0.0
+        return train(tmp_path, rte_features, pad, folder, method="ft", epochs=6, clock=lambda: now[0], lr=3e-3,
+                     checkpoint_minutes=15, best=keeper(written), callbacks=[ten_minutes_pass, *callbacks])
+
+    weights, whole_written = {}, []
+    _, _, whole, _ = run("whole", whole_written, lambda m, r: weights.setdefault(
+        r["epoch"], {n: p.detach().clone() for n, p in m.named_parameters()}))
+    accuracies = [r["accuracy"] for r in whole]
+    best_epoch = accuracies.index(max(accuracies)) + 1
+    assert best_epoch == 4, accuracies  # after the checkpoint of epoch 3, before that of epoch 5
+    assert whole_written[-1][0] == best_epoch
+    assert all(torch.equal(whole_written[-1][1][n], weights[best_epoch][n]) for n in weights[best_epoch])
+
+    cut_written, resumed_written = [], []
+    with pytest.raises(Interrupted):
+        run("cut", cut_written, interrupt_after(4))
+    assert cut_written and all(epoch <= 3 for epoch, _ in cut_written)  # epoch 4's best was never written
+    run("cut", resumed_written)
+    assert resumed_written[-1][0] == best_epoch
+    assert all(torch.equal(resumed_written[-1][1][n], weights[best_epoch][n]) for n in weights[best_epoch])

@@ -4,9 +4,12 @@ started here and stopped here; one that cannot start fails the test with its log
 
 import json
 import os
+import pwd
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -229,3 +232,130 @@ def test_a_node_rank_without_the_master_address_is_refused(tmp_path, tiny_bert, 
     assert finished.returncode != 0
     assert "NODE_RANK needs MASTER_ADDR, the address of the first node of the hostfile" in finished.stderr
     assert not (tmp_path / "run").exists()
+
+
+def start_daemon(command, log, ready, name, seconds=30):
+    """Start a daemon in the foreground of its own process; wait until `ready()` holds, else fail with its log."""
+    daemon = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            pytest.fail(f"{name} did not start ({daemon.poll()}): {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return daemon
+
+
+def node_state(env):
+    """The Slurm node's state as sinfo reports it; None while slurmctld does not answer."""
+    answer = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+    return answer.stdout.strip() if answer.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-machine Slurm cluster: munged with a key made here, slurmctld and slurmd reading a slurm.conf
+    written here (one node of 2 CPUs, no cgroups, no accounting), on free ports. Yields the environment that
+    Slurm's commands need (SLURM_CONF); cancels every job and stops the daemons after the module's tests."""
+    tools = {tool: shutil.which(tool, path=f"{os.environ['PATH']}:/usr/sbin") for tool in ("munged", "slurmctld", "slurmd")}
+    missing = [tool for tool, path in tools.items() if not path] + [
+        tool for tool in ("sbatch", "scancel", "squeue", "sinfo") if not shutil.which(tool)]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: .ci/run installs slurm-wlm and munge")
+    folder = tmp_path_factory.mktemp("slurm")
+    (folder / "munge.key").write_bytes(os.urandom(1024))
+    (folder / "munge.key").chmod(0o400)
+    (folder / "state").mkdir()
+    node = "node1"
+    conf = folder / "slurm.conf"
+    settings = {
+        "ClusterName": "satehft", "SlurmctldHost": f"{socket.gethostname().split('.')[0]}(127.0.0.1)",
+        "SlurmUser": pwd.getpwuid(os.getuid()).pw_name, "AuthType": "auth/munge", "CredType": "cred/munge",
+        "AuthInfo": f"socket={folder / 'munge.sock'}", "StateSaveLocation": folder / "state",
+        "SlurmdSpoolDir": folder / "spool", "SlurmctldPidFile": folder / "slurmctld.pid",
+        "SlurmdPidFile": folder / "slurmd.pid", "SlurmctldPort": free_port(), "SlurmdPort": free_port(),
+        "ProctrackType": "proctrack/pgid", "TaskPlugin": "task/none", "SelectType": "select/cons_tres",
+        "SelectTypeParameters": "CR_CPU", "JobAcctGatherType": "jobacct_gather/none",
+        "AccountingStorageType": "accounting_storage/none", "MpiDefault": "none", "ReturnToService": 2,
+        "KillWait": 5, "SchedulerType": "sched/builtin",
+    }
+    conf.write_text("".join(f"{key}={value}\n" for key, value in settings.items()) +
+                    f"NodeName={node} NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 State=UNKNOWN\n"
+                    f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP\n")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    daemons = [start_daemon(
+        [tools["munged"], "-F", "--force", f"--key-file={folder / 'munge.key'}", f"--socket={folder / 'munge.sock'}",
+         f"--pid-file={folder / 'munged.pid'}", f"--seed-file={folder / 'munged.seed'}", f"--log-file={folder / 'munged.log'}"],
+        folder / "munged.out", (folder / "munge.sock").exists, "munged")]
+    try:
+        daemons.append(start_daemon([tools["slurmctld"], "-D", "-f", str(conf)], folder / "slurmctld.log",
+                                    lambda: node_state(env) is not None, "slurmctld"))
+        daemons.append(start_daemon([tools["slurmd"], "-D", "-N", node, "-f", str(conf)], folder / "slurmd.log",
+                                    lambda: node_state(env) == "idle", "slurmd"))
+        yield SimpleNamespace(env=env, folder=folder)
+    finally:
+        subprocess.run(["scancel", "--full", "--user", str(os.getuid())], env=env)
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            daemon.wait(timeout=30)
+
+
+def sbatch(script, env, *options):
+    submitted = subprocess.run(["sbatch", "--parsable", *options, str(script)], env=env, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip().split(";")[0]
+
+
+def wait_for_jobs(env, job, seconds, logs):
+    """Until Slurm holds no task of `job`; after `seconds`, fail with the tasks' output."""
+    deadline = time.monotonic() + seconds
+    while subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job} still queued or running after {seconds} s:\n" +
+                        "\n".join(log.read_text()[-3000:] for log in logs.glob("slurm-*.out")))
+        time.sleep(0.5)
+
+
+def test_a_slurm_array_runs_the_grid_and_a_cancelled_task_resubmitted_resumes(tmp_path, slurm, tiny_bert, rte_dir):
+    """What `sat-ehft sweep --launchers` writes, submitted unchanged with sbatch to a real slurmctld: one array
+    task per run (FT and EH-FT(BitFit) on RTE), both at once on the node's 2 CPUs, each with its own port. The
+    EH-FT task is cancelled in Stage 2 after a checkpoint; resubmitted (sbatch --array=1), it resumes there.
+    `sat-ehft report` then collects the whole grid."""
+    grid = tmp_path / "grid"
+    written = subprocess.run(
+        [sys.executable, "-m", "sat_ehft", "sweep", "--tasks", "rte", "--methods", "ft", "ehft-bitfit", "--seeds", "3",
+         "--model", str(tiny_bert), "--data-dir", str(rte_dir), "--out", str(grid),
+         *[arg for setting in SMALL.replace("micro_batch_size=4", "micro_batch_size=8").split()
+           for arg in ("--set", setting)],
+         "--launchers", "--gpus-per-run", "0", "--slurm-cpus", "1", "--slurm-mem", "1G", "--slurm-time", "0:20:00",
+         "--slurm-setup", f"source {shlex.quote(sys.prefix)}/bin/activate"],
+        cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0, written.stderr
+    env = {**launch_env(HF_HUB_OFFLINE="1"), "SLURM_CONF": slurm.env["SLURM_CONF"]}
+    job = sbatch(grid / "slurm.sbatch", env)
+    ehft = grid / "rte" / "ehft-bitfit" / "seed3"
+    deadline, running_at_once = time.monotonic() + 300, 0
+    while not (ehft / "stage2" / "checkpoint" / "epoch1").is_dir():
+        assert time.monotonic() < deadline, "\n".join(log.read_text()[-3000:] for log in grid.glob("slurm-*.out"))
+        running = subprocess.run(["squeue", "-h", "-j", job, "-t", "RUNNING"], env=env, capture_output=True, text=True)
+        running_at_once = max(running_at_once, len(running.stdout.splitlines()))
+        time.sleep(0.05)
+    assert running_at_once == 2
+    subprocess.run(["scancel", f"{job}_1"], env=env, check=True)
+    wait_for_jobs(env, job, 300, grid)
+    assert not (ehft / "result.json").exists()
+    assert (grid / "rte" / "ft" / "seed3" / "result.json").is_file()
+    first = [(grid / f"slurm-{job}_{task}.out").read_text() for task in (0, 1)]
+    assert "CANCELLED" in first[1], first[1][-2000:]
+    assert all(f"--master_port={29500 + task}" in first[task] for task in (0, 1))  # one port each, on one node
+
+    again = sbatch(grid / "slurm.sbatch", env, "--array=1")
+    wait_for_jobs(env, again, 300, grid)
+    resumed = (grid / f"slurm-{again}_1.out").read_text()
+    assert "stage2: resumed after epoch 1" in resumed, resumed[-3000:]
+    assert (ehft / "result.json").is_file()
+    reported = subprocess.run([sys.executable, "-m", "sat_ehft", "report", str(grid)], env=launch_env(),
+                              capture_output=True, text=True, timeout=120)
+    assert reported.returncode == 0, reported.stderr
+    report = (grid / "report.md").read_text()
+    assert "## Missing runs\n\nnone" in report and all(f"| rte | {m} | 3 |" in report for m in ("ft", "ehft-bitfit"))

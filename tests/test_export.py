@@ -14,8 +14,8 @@ from sat_ehft.config import Config
 from sat_ehft.convert import (IGNORED_KEYS, convert_hf_folder, hf_state_dict, read_hf_origin,
                               read_hf_state_dict)
 from sat_ehft.export import ExportError, export_run
-from sat_ehft.pipeline import RunSpec, run
-from sat_ehft.predict import load_classifier
+from sat_ehft.pipeline import RunSpec, run, run_encoding
+from sat_ehft.predict import load_classifier, predict
 from sat_ehft.tasks import Encoding, encode_examples, get_task
 from sat_ehft.trainer import head_scores
 
@@ -98,10 +98,47 @@ def test_exported_classifier_gives_our_logits_through_transformers_alone(runs, n
     features = encode_examples(task, examples, classifier.tokenizer, Encoding(64))
     ours = head_scores(classifier.model, features, 8, classifier.tokenizer.pad_token_id, "cpu")
     theirs = hf_logits(tmp_path / "hf", task, examples)
+    if task.objective == "binary":  # our one logit l is exported as the two logits [0, l]
+        assert theirs.shape == (len(examples), 2) and not theirs[:, 0].any()
+        theirs = theirs[:, 1:]
     assert theirs.shape == ours.shape == (len(examples), task.choices if task.choices > 1 else task.head_outputs)
     assert (theirs - ours).abs().max() < 1e-4
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["ehft_head"]["pooling"] == task.pooling and config["ehft_head"]["objective"] == task.objective
+    assert config["problem_type"] == ("regression" if task.is_regression else "single_label_classification")
+
+
+@pytest.mark.parametrize("name", ["rte", "roberta-cb"])
+def test_an_export_reads_right_the_three_ways_hugging_face_users_read_it(runs, name, tmp_path):
+    """softmax with id2label, argmax with id2label, and the text-classification pipeline each give
+    `sat-ehft predict`'s labels and probabilities on the dev pairs, for a binary task (RTE: one logit trained,
+    exported as [0, l]; a one-logit export read as label 0 with probability 1.0, always) and a 3-class one (CB)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    export_run(runs[name], tmp_path / "hf")
+    classifier = load_classifier(runs[name])
+    predictions = predict(classifier, "dev")
+    rows = predictions.rows()
+    fields, truncation = predictions.task.input_fields(run_encoding(classifier.spec))
+    pairs = [[e.fields[field] for field in fields] for e in predictions.examples]
+    if predictions.task.objective == "binary":  # a one-logit export's softmax read 1.0 for every example
+        assert all(row["score"] < 0.99 for row in rows)
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(*zip(*pairs), truncation=truncation, max_length=64, padding=True,
+                                   return_tensors="pt")).logits
+    names = model.config.id2label
+    by_softmax = [{names[i]: p for i, p in enumerate(row)} for row in logits.softmax(-1).tolist()]
+    assert all(abs(read[label] - p) < 1e-5 for read, row in zip(by_softmax, rows) for label, p in row["probabilities"].items())
+    assert [names[i] for i in logits.argmax(-1).tolist()] == [row["label"] for row in rows]
+
+    classify = pipeline("text-classification", model=str(tmp_path / "hf"), trust_remote_code=True)
+    read = classify([{"text": first, "text_pair": second} for first, second in pairs], truncation=truncation,
+                    max_length=64)
+    assert [r["label"] for r in read] == [row["label"] for row in rows]
+    assert all(abs(r["score"] - row["score"]) < 1e-5 for r, row in zip(read, rows))
 
 
 def test_model_card_names_the_run_and_its_scores(runs, tmp_path):

@@ -2,13 +2,14 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, tiny_bert_folder
+from conftest import REPO, rte_rows, tiny_bert_folder
 
 from sat_ehft.sweep import LAUNCH_VARIABLES
 
@@ -38,6 +39,16 @@ def test_ehft_rte_script_runs_both_stages_and_skips_them_when_rerun(tmp_path, ti
     assert result["method"] == "ehft-bitfit" and result["seed"] == 2 and list(result["stages"]) == ["stage1", "stage2"]
     run_config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert run_config["epochs"] == 2 and run_config["lr"] == 1e-3  # configs/rte.yaml, then SET
+    # output that is no terminal (here a pipe) gets a line per epoch, as each stage's progress.log does
+    for stage, epochs in (("stage1", 1), ("stage2", 1)):
+        records = [json.loads(line) for line in (tmp_path / "run" / stage / "metrics.jsonl").read_text().splitlines()]
+        logged = (tmp_path / "run" / stage / "progress.log").read_text().splitlines()
+        assert len(logged) == len(records) and all(line in first.stdout for line in logged)
+        for record, line in zip(records, logged):
+            expected = (f"{stage} epoch {record['epoch']:g}/{epochs} step {record['step']}: train loss "
+                        f"{record['train_loss']:.4f}, accuracy {record['train_accuracy']:.4f}; dev accuracy "
+                        f"{record['accuracy']:.4f}")
+            assert re.fullmatch(re.escape(expected) + r" \(\d+ s\)", line), line
     again = subprocess.run(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0
@@ -146,16 +157,18 @@ def same_outcome(run, reference):
 
 def test_run_killed_in_stage2_after_a_time_rule_checkpoint_resumes_after_it(tmp_path, tiny_bert, shared_data):
     """SIGKILL once Stage 2 has logged an epoch past its last checkpoint, taken by the time rule (about every
-    2.5 epochs here): the rerun resumes after that checkpoint, trains the rest and ends as an uninterrupted run."""
+    2.5 epochs here): the rerun resumes after that checkpoint, trains the rest and ends as an uninterrupted run.
+    On 800 rows of RTE, so that an epoch takes long enough (about a second) for the time rule to fall mid-stage."""
     import signal
     import time
 
-    whole = subprocess.run(bitfit_command(tmp_path / "whole", tiny_bert, shared_data), cwd=REPO, env=launch_env(),
+    data = rte_rows(tmp_path / "data", shared_data, 800, 64)
+    whole = subprocess.run(bitfit_command(tmp_path / "whole", tiny_bert, data), cwd=REPO, env=launch_env(),
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     done = json.loads((tmp_path / "whole" / "stage2" / "done.json").read_text())
     minutes = round(2.5 * done["cost"]["train_seconds"] / done["epochs"] / 60, 4)
-    command = bitfit_command(tmp_path / "cut", tiny_bert, shared_data, f"checkpoint_minutes={minutes}")
+    command = bitfit_command(tmp_path / "cut", tiny_bert, data, f"checkpoint_minutes={minutes}")
     victim = subprocess.Popen(command, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage2 = tmp_path / "cut" / "stage2"
 

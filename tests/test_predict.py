@@ -54,7 +54,7 @@ def final_stage_last(run_dir):
 
 @pytest.mark.parametrize("name", [name for name, _, _ in RUNS])
 def test_dev_metrics_equal_the_runs_last_epoch(runs, name):
-    classifier = load_classifier(runs[name])
+    classifier = load_classifier(runs[name], "last")
     expected_source = "model" if (runs[name] / "model").is_dir() else "trained.pt"
     assert classifier.source.name == expected_source
     predictions = predict(classifier, "dev")
@@ -62,11 +62,38 @@ def test_dev_metrics_equal_the_runs_last_epoch(runs, name):
     assert predictions.metrics == {metric: last[metric] for metric in get_task(name).metrics}
 
 
+def test_the_best_weights_are_the_best_epochs_and_the_last_the_last_epochs(tmp_path, shared_data, tiny_bert, capsys):
+    """save_best keeps the final stage's best dev epoch: predict's dev predictions and metrics with `--weights
+    best` are the run's own at that epoch, with `last` at the last (STS-B: real-valued predictions, each epoch's
+    its own). A run that kept no best.pt gives its last epoch's and says so; the model card names the epoch."""
+    task = get_task("sts-b")
+    data = official_subset(tmp_path / "data", shared_data, task)
+    spec = RunSpec("sts-b", "ft", str(tiny_bert), str(data), 2, Config(**{**CONFIG.__dict__, "epochs": 4}))
+    stage = run(spec, tmp_path / "run", log=lambda line: None)["stages"]["train"]
+    assert stage["best"]["epoch"] != stage["last"]["epoch"]  # else best and last could not be told apart
+    kept = json.loads((tmp_path / "run" / "train" / "dev_predictions.json").read_text())["epochs"]
+    for weights in ("best", "last"):
+        classifier = load_classifier(tmp_path / "run", weights)
+        assert classifier.weights == f"the {weights} epoch's (epoch {stage[weights]['epoch']})"
+        predictions = predict(classifier, "dev")
+        assert predictions.predicted.tolist() == pytest.approx(kept[str(stage[weights]["epoch"])], abs=1e-5)
+        assert predictions.metrics == pytest.approx({m: stage[weights][m] for m in task.metrics}, abs=1e-6)
+    assert main(["predict", str(tmp_path / "run")]) == 0
+    assert f"of {tmp_path / 'run' / 'train' / 'best.pt'}, the best epoch's (epoch {stage['best']['epoch']}) weights" \
+        in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf"), "--weights", "last"]) == 0
+    assert f"these weights are the last epoch's (epoch {stage['last']['epoch']})" in (tmp_path / "hf" / "README.md").read_text()
+    (tmp_path / "run" / "train" / "best.pt").unlink()
+    assert load_classifier(tmp_path / "run").weights == (
+        f"the last epoch's (epoch {stage['last']['epoch']}): the run kept no train/best.pt (save_best off, or "
+        "trained before it existed)")
+
+
 @pytest.mark.parametrize("name", ["rte", "cb", "copa", "sts-b"])
 def test_the_runs_kept_dev_predictions_are_its_last_epochs_one_per_example(runs, name):
     """What the report's bootstrap resamples: one prediction per dev example (a COPA question, not a choice),
     the ones `predict` makes with the final weights, and the gold labels in the file's order."""
-    predictions = predict(load_classifier(runs[name]), "dev")
+    predictions = predict(load_classifier(runs[name], "last"), "dev")
     final = list(json.loads((runs[name] / "result.json").read_text())["stages"])[-1]
     kept = json.loads((runs[name] / final / "dev_predictions.json").read_text())
     examples = get_task(name).read(runs[name].parent / "data", "dev")
@@ -103,7 +130,7 @@ def test_cli_predicts_a_label_less_test_file_as_a_leaderboard_file(runs, tmp_pat
     assert main(["predict", str(runs["rte"]), "--split", "test", "--format", "leaderboard", "--out",
                  str(tmp_path / "submission")]) == 0
     out = capsys.readouterr().out
-    assert f"rte test: {len(test)} predictions of {runs['rte'] / 'stage2' / 'trained.pt'}" in out
+    assert f"rte test: {len(test)} predictions of {runs['rte'] / 'stage2' / 'best.pt'}, the best epoch's" in out
     assert "metrics" not in out  # a test file has no labels
     submitted = [json.loads(line) for line in (tmp_path / "submission" / "RTE.jsonl").read_text().splitlines()]
     # The same inputs as dev, so the same predictions, now under the test ids.
