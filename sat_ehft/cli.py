@@ -3,6 +3,7 @@
 import argparse
 import errno
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -77,25 +78,33 @@ def cmd_train(args):
     config = load_config(args.config or default_config(args.task), parse_overrides(args.set))
     get_method(args.method).check(config)  # before SAT and DeepSpeed are imported (run checks it too)
     from sat_ehft.pipeline import RunSpec, run
+    from sat_ehft.runspec import absolute_path
 
-    spec = RunSpec(task=args.task, method=args.method, model=args.model,
-                   data_dir=None if args.hub else args.data_dir, seed=args.seed, config=config)
+    spec = RunSpec(task=args.task, method=args.method, model=absolute_path(args.model),
+                   data_dir=None if args.hub else os.path.abspath(args.data_dir), seed=args.seed, config=config)
     result = run(spec, args.out, stage_number=args.stage)
     if result:
         print(f"{result['task']} {result['method']} seed {result['seed']}: best {result['metric']} "
               f"{result['best']:.4f} (epoch {result['best_epoch']}), last {result['last']:.4f}")
+    if result and result["collapsed"]:
+        print(f"warning: {args.out}: even the best epoch predicted one class for every dev example (a collapsed "
+              "run, the signature of a failed one); try another seed, a lower lr or more epochs", file=sys.stderr)
 
 
 def cmd_predict(args):
-    from sat_ehft.predict import default_output, load_classifier, predict, write_predictions
+    from sat_ehft.predict import default_output, load_classifier, predict, read_examples, run_spec, write_predictions
 
+    examples = read_examples(run_spec(args.run), args.split, args.data_dir, args.hub)  # before the model loads
     classifier = load_classifier(args.run, args.weights)
-    predictions = predict(classifier, args.split, data_dir=args.data_dir, hub=args.hub)
+    predictions = predict(classifier, args.split, examples=examples)
     path = write_predictions(predictions, args.out or default_output(args.run, args.split, args.format), args.format)
     print(f"{classifier.spec.task} {args.split}: {len(predictions.examples)} predictions of {classifier.source}, "
           f"{classifier.weights} weights, written to {path}")
     if predictions.metrics:
         print("metrics: " + ", ".join(f"{name} {value:.4f}" for name, value in predictions.metrics.items()))
+    if predictions.collapsed:
+        print(f"warning: every prediction is {predictions.collapsed}: the classifier does not tell the examples "
+              "apart (a collapsed run)", file=sys.stderr)
 
 
 def cmd_export(args):

@@ -23,6 +23,7 @@ from sat_ehft.atomic import atomic_dir
 from sat_ehft.convert import hf_config_dict, hf_kind, hf_state_dict, read_hf_origin
 from sat_ehft.mixins import HEAD_NAME
 from sat_ehft.mixins.lora import merged_state
+from sat_ehft.pipeline import run_encoding
 from sat_ehft.predict import load_classifier
 from sat_ehft.tasks import get_task
 from sat_ehft.precision import resolve_precision
@@ -32,6 +33,9 @@ EXPORTABLE_MIXINS = (HEAD_NAME, "lora", "mixout")
 # Largest |logit difference| accepted between our classifier and the reloaded folder, by training precision.
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
 ORIGIN_KEYS_DROPPED = ("architectures", "auto_map", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
+# What a tokenizer's tokenizer_config.json keeps of how it was last called or loaded, not of the tokenizer.
+TOKENIZER_CALL_STATE = ("max_length", "truncation_strategy", "stride", "pad_to_multiple_of", "local_files_only",
+                        "is_local")
 
 
 class ExportError(RuntimeError):
@@ -132,6 +136,41 @@ def head_description(task):
     return f"The head reads {reads}. Objective: {task.objective} ({meaning})."
 
 
+def usage(task, encoding):
+    """The card's snippet: load, then encode the fields in the order the run trained with, truncated as it was."""
+    fields, truncation = task.input_fields(encoding)
+    if task.objective == "regression":
+        read = "score = model(**inputs).logits[0, 0]  # the predicted similarity"
+    else:
+        read = f"probabilities = model(**inputs).logits.softmax(-1)  # {', '.join(task.labels)} (config id2label)"
+    special = ("" if task.pooling == "cls" and task.choices == 1 else
+               f"# {task.name} examples become inputs as sat_ehft.tasks encodes them (see below); the call is theirs\n")
+    return f"""```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+folder = "."  # this folder
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)  # modeling_ehft.py
+{special}{", ".join(fields)} = {", ".join('"..."' for _ in fields)}  # in the order the classifier was trained with
+inputs = tokenizer({", ".join(fields)}, truncation="{truncation}", max_length={encoding.max_length}, return_tensors="pt")
+{read}
+```"""
+
+
+def clean_tokenizer(folder, max_length):
+    """Drop what training left in the saved tokenizer (the last call's truncation and padding, its max_length,
+    local_files_only) so that plain calls behave as on a fresh tokenizer; model_max_length becomes the length the
+    classifier was trained on, so `truncation=True` cuts there."""
+    config_path, backend_path = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = {key: value for key, value in config.items() if key not in TOKENIZER_CALL_STATE}
+    config_path.write_text(json.dumps({**config, "model_max_length": max_length}, indent=2) + "\n", encoding="utf-8")
+    if backend_path.is_file():
+        backend = json.loads(backend_path.read_text(encoding="utf-8"))
+        backend_path.write_text(json.dumps({**backend, "truncation": None, "padding": None}, ensure_ascii=False),
+                                encoding="utf-8")
+
+
 def model_card(classifier, run, difference):
     """README.md: what was trained, on what, how, the dev scores, the versions, and how to load it."""
     spec, run = classifier.spec, Path(run)
@@ -152,13 +191,7 @@ tags: [sat-ehft, eh-ft, text-classification]
 Finetuned with sat-ehft (EH-FT, *Parameter-Efficient Tuning Makes a Good Classification Head*, EMNLP 2022, as a
 SwissArmyTransformer plugin) and exported by `sat-ehft export`.
 
-```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained(FOLDER, trust_remote_code=True)  # its config names modeling_ehft.py
-model = AutoModelForSequenceClassification.from_pretrained(FOLDER, trust_remote_code=True)
-logits = model(**tokenizer(FIRST, SECOND, return_tensors="pt")).logits
-```
+{usage(task, run_encoding(spec))}
 
 {head_description(task)}
 
@@ -204,6 +237,7 @@ def export_run(run, out, weights="best"):
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         shutil.copy2(hf_modeling.__file__, tmp / "modeling_ehft.py")
         classifier.tokenizer.save_pretrained(str(tmp))
+        clean_tokenizer(tmp, run_encoding(classifier.spec).max_length)
         difference = check_export(tmp, classifier)
         (tmp / "README.md").write_text(model_card(classifier, run, difference), encoding="utf-8")
     return difference, classifier.weights

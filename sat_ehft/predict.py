@@ -23,10 +23,10 @@ from sat_ehft import metrics, objective
 from sat_ehft.atomic import write_text
 from sat_ehft.methods import get_method
 from sat_ehft.pipeline import BEST_WEIGHTS, read_run, rebuild_stage_model, run_encoding, stage_done
-from sat_ehft.tasks import encode_examples, get_task
+from sat_ehft.tasks import DataError, encode_examples, get_task
 from sat_ehft.precision import resolve_precision
 from sat_ehft.runspec import WEIGHTS
-from sat_ehft.trainer import head_scores
+from sat_ehft.trainer import collapsed, head_scores
 
 MODEL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = ("jsonl", "leaderboard")
@@ -43,6 +43,27 @@ class Classifier:
     weights: str  # which epoch's weights, in words: "the best epoch's (epoch 3)"
 
 
+def run_spec(out):
+    """The RunSpec of the run folder `out`, from its run.json."""
+    if not (Path(out) / "run.json").is_file():
+        raise FileNotFoundError(f"{Path(out) / 'run.json'}: missing; {out} is not a run folder (sat-ehft train --out)")
+    return read_run(out)
+
+
+def read_examples(spec, split, data_dir=None, hub=False):
+    """The examples of `split`: from the hub, from `data_dir`, or from the run's own data (run.json's folder, or
+    the hub). Cheap, so predict reads them before it loads the model; a file missing under run.json's folder says
+    where that folder came from."""
+    task = get_task(spec.task)
+    if hub or data_dir:
+        return task.read_split(None if hub else data_dir, split)
+    try:
+        return task.read_split(spec.data_dir, split)
+    except DataError as err:
+        raise DataError(f"{err} (DATA_DIR {spec.data_dir} is the one the run's run.json records; pass --data-dir "
+                        "to read another)") from None
+
+
 def load_classifier(out, weights="best"):
     """The finished run's final classifier with its best or last epoch's weights (see the module docstring), in
     eval mode on the CPU."""
@@ -51,9 +72,7 @@ def load_classifier(out, weights="best"):
     from sat_ehft.folders import load_model_tokenizer
 
     out = Path(out)
-    if not (out / "run.json").is_file():
-        raise FileNotFoundError(f"{out / 'run.json'}: missing; {out} is not a run folder (sat-ehft train --out)")
-    spec = read_run(out)
+    spec = run_spec(out)
     final = get_method(spec.method).stages[-1]
     done = stage_done(out, final)
     if not done:
@@ -77,8 +96,8 @@ def load_classifier(out, weights="best"):
     if weights == "last" or best.is_file():
         chosen = chosen if source == best else f"the last epoch's (epoch {done['last']['epoch']})"
     else:
-        chosen = (f"the last epoch's (epoch {done['last']['epoch']}): the run kept no {final.name}/{BEST_WEIGHTS} "
-                  "(save_best off, or trained before it existed)")
+        chosen = (f"the last epoch's (epoch {done['last']['epoch']}; the run kept no {final.name}/{BEST_WEIGHTS}: "
+                  "save_best off, or trained before it existed)")
     return Classifier(model.to(MODEL_DTYPES[resolve_precision(spec.config.precision)]), tokenizer, spec, source,
                       backbone.config, backbone.folder, chosen)
 
@@ -90,6 +109,19 @@ class Predictions:
     predicted: torch.Tensor  # class indices, or scores for regression
     probabilities: torch.Tensor  # [examples, classes]; None for regression
     metrics: dict  # the task's metrics where every example has a label, else None
+
+    @property
+    def collapsed(self):
+        """The one label every example got (regression: the one value, where the spread is under 1% of the
+        gold labels'), or None: a classifier that does not tell examples apart."""
+        if len(self.examples) < 2:
+            return None
+        if self.task.is_regression:
+            gold = [e.label for e in self.examples]
+            spread = self.metrics is not None and collapsed(self.predicted.numpy(), gold, self.task)
+            return f"about {self.predicted.mean().item():.3f}" if spread else None
+        labels = set(self.predicted.tolist())
+        return f"'{self.task.labels[labels.pop()]}'" if len(labels) == 1 else None
 
     def rows(self):
         """One dict per example: idx, label (name, or score), score, probabilities, gold (where known)."""
@@ -108,11 +140,10 @@ class Predictions:
         return rows
 
 
-def predict(classifier, split, data_dir=None, hub=False, device=None):
-    """Predictions of `classifier` on `split`, read from the hub, or from `data_dir` (default: the run's own
-    data, its folder or the hub)."""
+def predict(classifier, split, data_dir=None, hub=False, device=None, examples=None):
+    """Predictions of `classifier` on `examples`, or on `split` read as read_examples reads it."""
     spec, task = classifier.spec, get_task(classifier.spec.task)
-    examples = task.read_split(None if hub else data_dir or spec.data_dir, split)
+    examples = read_examples(spec, split, data_dir, hub) if examples is None else examples
     features = encode_examples(task, examples, classifier.tokenizer, run_encoding(spec))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     scores = head_scores(classifier.model.to(device), features, spec.config.eval_batch_size,

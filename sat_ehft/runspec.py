@@ -6,8 +6,8 @@ starting any, and the training process compares its own folder (sat_ehft.pipelin
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 
 # Which epoch's weights of a finished run predict and export use: the final stage's best dev epoch (best.pt,
@@ -32,14 +32,20 @@ def described(spec):
     return json.loads(json.dumps(spec.describe()))  # as it reads back from JSON (tuples become lists)
 
 
-# Folders a run records as given: `sat-ehft sweep` records them absolute since it writes launch files, and a
-# grid begun with a relative path resumes from the same working directory.
+# Folders a run records absolute and normalised (train and sweep alike: launch files run wherever a scheduler
+# starts them, and predict or report may run from anywhere); one recorded relative by an older version matches
+# from the same working directory.
 PATH_KEYS = ("model", "data_dir")
+
+
+def absolute_path(path):
+    """`path` absolute and normalised (no '..'), or a model name that is no folder here, as given."""
+    return os.path.abspath(path) if os.path.exists(path) else path
 
 
 def same_value(key, wanted, recorded):
     if key in PATH_KEYS and isinstance(wanted, str) and isinstance(recorded, str):
-        return Path(wanted).absolute() == Path(recorded).absolute()
+        return os.path.abspath(wanted) == os.path.abspath(recorded)
     return wanted == recorded
 
 

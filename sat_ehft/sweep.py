@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sat_ehft.atomic import write_json, write_text
+from sat_ehft.runspec import absolute_path
 
 
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -209,9 +210,8 @@ def absolute(settings):
     """The settings with every relative path made absolute (a model name that is no folder stays a name), as
     every run records them: launch files run wherever the scheduler starts them, and a grid written for a
     cluster, then collected here, holds the same run.json either way."""
-    model = str(Path(settings.model).absolute()) if Path(settings.model).exists() else settings.model
-    return GridSettings(model=model, data_dir=str(Path(settings.data_dir).absolute()),
-                        config_dir=str(Path(settings.config_dir).absolute()), sets=settings.sets)
+    return GridSettings(model=absolute_path(settings.model), data_dir=os.path.abspath(settings.data_dir),
+                        config_dir=os.path.abspath(settings.config_dir), sets=settings.sets)
 
 
 def launch_lines(out, runs, settings):

@@ -441,12 +441,19 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
         if rank == 0:
             write_json(files.cost, cost)
             show_progress(files, progress_line(files.folder.name, record, budget.epochs, task, cost))
-        trackers.log({f"dev/{key}": value for key, value in record.items()}, record["step"])
+        trackers.log(epoch_scalars(record, task), record["step"])
         trackers.flush()
         for callback in callbacks:
             callback(engine.module, record)
     trackers.close()
     return progress.records, cost
+
+
+def epoch_scalars(record, task):
+    """An epoch record as tracker scalars: the dev metrics (and `collapsed`) under dev/, the rest (training loss
+    and accuracy over the epoch, LR, head norm, epoch) under epoch/; the step is the scalars' x."""
+    dev = {*task.metrics, "collapsed"}
+    return {f"{'dev' if key in dev else 'epoch'}/{key}": value for key, value in record.items() if key != "step"}
 
 
 def progress_line(stage, record, epochs, task, cost):

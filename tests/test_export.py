@@ -141,6 +141,36 @@ def test_an_export_reads_right_the_three_ways_hugging_face_users_read_it(runs, n
     assert all(abs(r["score"] - row["score"]) < 1e-5 for r, row in zip(read, rows))
 
 
+@pytest.mark.parametrize("name", ["rte", "sts-b", "roberta-cb"])
+def test_the_model_cards_snippet_run_as_written_gives_predicts_scores(runs, name, tmp_path, monkeypatch):
+    """The card's code, run in the exported folder with a dev example's fields put in its placeholders, gives
+    `sat-ehft predict`'s probabilities (STS-B: its score): the fields in training order, truncated as in
+    training. The saved tokenizer keeps nothing of its last call (truncation, padding, max_length)."""
+    export_run(runs[name], tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    predictions = predict(load_classifier(runs[name]), "dev")
+    fields, _ = predictions.task.input_fields(run_encoding(load_classifier(runs[name]).spec))
+    longest = max(predictions.examples, key=lambda e: sum(len(e.fields[f]) for f in fields))  # truncated if any is
+    placeholder = '"..."'
+    placeholders = f"{', '.join(fields)} = {', '.join(placeholder for _ in fields)}"
+    assert placeholders in snippet
+    snippet = snippet.replace(placeholders, f"{', '.join(fields)} = {', '.join(repr(longest.fields[f]) for f in fields)}")
+    monkeypatch.chdir(tmp_path / "hf")
+    namespace = {}
+    exec(snippet, namespace)
+    row = predictions.rows()[predictions.examples.index(longest)]
+    if predictions.task.is_regression:
+        assert namespace["score"].item() == pytest.approx(row["score"], abs=1e-5)
+    else:
+        assert namespace["probabilities"][0].tolist() == pytest.approx(list(row["probabilities"].values()), abs=1e-5)
+    saved = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert not {"max_length", "truncation_strategy", "local_files_only"} & set(saved)
+    assert saved["model_max_length"] == 64  # the length the classifier was trained on
+    backend = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+    assert backend["truncation"] is None and backend["padding"] is None
+
+
 def test_model_card_names_the_run_and_its_scores(runs, tmp_path):
     export_run(runs["rte"], tmp_path / "hf")
     card = (tmp_path / "hf" / "README.md").read_text()

@@ -1,6 +1,7 @@
 """`sat-ehft predict`: a finished run's classifier on dev (its metrics equal the run's) and on label-less test
 files, written as jsonl or as the GLUE/SuperGLUE servers' files."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from sat_ehft.cli import main
 from sat_ehft.config import Config
 from sat_ehft.pipeline import RunSpec, run
 from sat_ehft.predict import Predictions, load_classifier, predict, write_predictions
+from sat_ehft.runspec import described
 from sat_ehft.tasks import get_task
 
 CONFIG = Config(epochs=2, batch_size=8, micro_batch_size=8, eval_batch_size=5, max_length=64, lr=1e-3, lora_r=2,
@@ -85,7 +87,7 @@ def test_the_best_weights_are_the_best_epochs_and_the_last_the_last_epochs(tmp_p
     assert f"these weights are the last epoch's (epoch {stage['last']['epoch']})" in (tmp_path / "hf" / "README.md").read_text()
     (tmp_path / "run" / "train" / "best.pt").unlink()
     assert load_classifier(tmp_path / "run").weights == (
-        f"the last epoch's (epoch {stage['last']['epoch']}): the run kept no train/best.pt (save_best off, or "
+        f"the last epoch's (epoch {stage['last']['epoch']}; the run kept no train/best.pt: save_best off, or "
         "trained before it existed)")
 
 
@@ -204,6 +206,73 @@ def test_leaderboard_files_have_the_servers_format(tmp_path, name):
     written = write_predictions(predictions, tmp_path / "submission", "leaderboard")
     assert written == tmp_path / "submission" / filename
     assert written.read_text(encoding="utf-8") == text
+
+
+def test_predictions_of_one_class_for_every_example_are_flagged_on_the_console(tmp_path, capsys, monkeypatch):
+    """A collapsed classifier (one label for every example, labelled or not) is named by predict, and a run
+    whose best epoch collapsed is named by train, on stderr (result.json alone said so before)."""
+    import sat_ehft.pipeline
+    import sat_ehft.predict
+
+    task = get_task("rte")
+    path = task.file(tmp_path / "data", "test")
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(TEST_FILES["rte"]) + "\n", encoding="utf-8")
+    examples = task.read(tmp_path / "data", "test")
+    one = Predictions(task, examples, torch.tensor([1, 1]), torch.tensor([[0.4, 0.6], [0.3, 0.7]]), None)
+    assert one.collapsed == "'not_entailment'"
+    assert Predictions(task, examples, torch.tensor([1, 0]), torch.tensor([[0.4, 0.6], [0.7, 0.3]]), None).collapsed is None
+    stsb = get_task("sts-b")
+    labelled = [dataclasses.replace(e, label=label) for e, label in zip(examples, (1.0, 4.0))]
+    assert Predictions(stsb, labelled, torch.tensor([2.5, 2.5001]), None, {"pearson": 0.0}).collapsed == "about 2.500"
+    assert Predictions(stsb, labelled, torch.tensor([1.5, 3.5]), None, {"pearson": 1.0}).collapsed is None
+
+    class Run:
+        spec = RunSpec("rte", "ft", "model", "data", 1, Config())
+        source, weights = tmp_path / "train" / "best.pt", "the best epoch's (epoch 1)"
+    monkeypatch.setattr(sat_ehft.predict, "run_spec", lambda run: Run.spec)
+    monkeypatch.setattr(sat_ehft.predict, "read_examples", lambda *args: examples)
+    monkeypatch.setattr(sat_ehft.predict, "load_classifier", lambda run, weights: Run())
+    monkeypatch.setattr(sat_ehft.predict, "predict", lambda *args, **kwargs: one)
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "out.jsonl")]) == 0
+    assert "warning: every prediction is 'not_entailment': the classifier does not tell the examples apart" \
+        in capsys.readouterr().err
+    monkeypatch.setattr(sat_ehft.pipeline, "run", lambda spec, out, stage_number: {
+        "task": "rte", "method": "ft", "seed": 1, "metric": "accuracy", "best": 0.5, "best_epoch": 1, "last": 0.5,
+        "collapsed": True})
+    assert main(["train", "--task", "rte", "--method", "ft", "--model", "m", "--data-dir", "d", "--seed", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert f"warning: {tmp_path / 'run'}: even the best epoch predicted one class for every dev example" \
+        in capsys.readouterr().err
+
+
+def test_folders_are_recorded_absolute_and_predict_reads_the_data_before_the_model(tmp_path, monkeypatch, capsys):
+    """train records --model and --data-dir absolute and normalised (run.json is read from anywhere); predict
+    reads the split before it loads the model, and a file missing under run.json's data folder says that the
+    folder came from run.json."""
+    import sat_ehft.pipeline
+    import sat_ehft.predict
+
+    started = []
+    monkeypatch.setattr(sat_ehft.pipeline, "run", lambda spec, out, stage_number: started.append(spec))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    assert main(["train", "--task", "rte", "--method", "ft", "--model", "model/../model", "--data-dir", "x/../data",
+                 "--seed", "1", "--out", "run"]) == 0
+    assert (started[0].model, started[0].data_dir) == (str(tmp_path / "model"), str(tmp_path / "data"))
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded before the data was read")
+    monkeypatch.setattr(sat_ehft.predict, "load_classifier", no_model)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps(described(started[0])))
+    assert main(["predict", "run"]) == 2
+    assert (f"{tmp_path}/data/superglue/RTE/val.jsonl: missing; expected the official RTE dev file laid out as "
+            f"DATA_DIR/superglue/RTE/val.jsonl (DATA_DIR {tmp_path}/data is the one the run's run.json records; pass "
+            "--data-dir to read another)") in capsys.readouterr().err
+    assert main(["predict", "run", "--data-dir", "elsewhere", "--split", "test"]) == 2
+    error = capsys.readouterr().err
+    assert "elsewhere/superglue/RTE/test.jsonl: missing" in error and "run.json" not in error  # given, not recorded
 
 
 @pytest.mark.parametrize("method, changes, encoded_at, dtype", [

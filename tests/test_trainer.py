@@ -362,7 +362,10 @@ def test_report_to_wandb_offline_gets_the_logged_losses_and_metrics(tmp_path, rt
     steps = [json.loads(line) for line in (tmp_path / "run" / "stage1" / "train_loss.jsonl").read_text().splitlines()]
     assert {step: row["train/loss"] for step, row in history.items()} == {s["step"]: s["loss"] for s in steps}
     for record in records:
-        assert {k: history[record["step"]][f"dev/{k}"] for k in record} == record
+        assert {k: history[record["step"]][f"dev/{k}"] for k in ("accuracy", "collapsed")} == \
+            {k: record[k] for k in ("accuracy", "collapsed")}
+        assert {k: history[record["step"]][f"epoch/{k}"] for k in record if k not in ("accuracy", "collapsed", "step")} \
+            == {k: v for k, v in record.items() if k not in ("accuracy", "collapsed", "step")}
     assert not (tmp_path / "run" / "stage1" / "tensorboard").exists()  # only what report_to names
 
 
@@ -476,6 +479,11 @@ def test_report_to_tensorboard_writes_the_logged_losses_and_metrics(tmp_path, rt
         (s["step"], pytest.approx(s["loss"], rel=1e-6)) for s in steps]
     assert [(e.step, e.value) for e in events.Scalars("dev/accuracy")] == [
         (r["step"], pytest.approx(r["accuracy"], rel=1e-6)) for r in records]
+    # dev/ holds the dev metrics only; the epoch's training loss, LR and the like are under epoch/
+    assert {tag for tag in events.Tags()["scalars"] if tag.startswith("dev/")} == {"dev/accuracy", "dev/collapsed"}
+    assert [(e.step, e.value) for e in events.Scalars("epoch/train_loss")] == [
+        (r["step"], pytest.approx(r["train_loss"], rel=1e-6)) for r in records]
+    assert {"epoch/lr", "epoch/train_accuracy", "epoch/head_norm", "epoch/epoch"} <= set(events.Tags()["scalars"])
 
 
 def test_a_stages_wandb_run_id_is_the_same_at_every_start_and_differs_between_stages(tmp_path, monkeypatch,
