@@ -28,6 +28,7 @@ setup(
         "tensorboard",
         "tqdm",
         "pyyaml",
+        "psutil",  # where a launch began (done.json's startup time)
         # `import sat` imports these without declaring them.
         "triton",
         "wandb",

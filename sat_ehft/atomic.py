@@ -35,6 +35,15 @@ def raise_if_disk_full(err, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
 
 
+def read_json(path):
+    """A JSON file's content; a damaged one (sat-ehft writes atomically, so damaged after the fact: a truncated
+    copy, a disk error) raises a ValueError that names it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: damaged, not valid JSON ({err})") from None
+
+
 def write_json(path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")

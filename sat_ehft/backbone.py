@@ -107,6 +107,12 @@ class Backbone:
 
         return load_tokenizer(tokenizer_folder(self.folder), self.config["vocab_size"])
 
+    @property
+    def max_tokens(self):
+        """The longest sequence its position table holds: RoBERTa's positions start after its padding index."""
+        offset = self.config["padding_idx"] + 1 if "padding_idx" in self.config else 0
+        return self.config["max_sequence_length"] - offset
+
 
 def read_sat_config(folder):
     path = Path(folder) / "model_config.json"

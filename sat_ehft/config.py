@@ -7,6 +7,7 @@ with the file (or option) and key named.
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,8 @@ class Config:
         if zero_or_less:  # checked first: the checks below divide by some of them
             raise ValueError(f"invalid config: {', '.join(zero_or_less)} must be positive")
         checks = [
+            *[(is_rate(rate), f"{name} must be a finite number above 0, got {rate}") for name, rate in
+              [("lr", self.lr), *((f"stage1_lr's {key}", value) for key, value in self.stage1_lr.items())]],
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.recipe in RECIPES, f"recipe must be one of {tuple(RECIPES)}"),
             (self.stage1_mode in STAGE1_MODES, f"stage1_mode must be one of {STAGE1_MODES}"),
@@ -161,6 +164,11 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid config: {message}")
+
+
+def is_rate(value):
+    """A learning rate: a finite number above 0 (NaN, infinities and negatives fail only once training starts)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -25,6 +25,7 @@ Run folder (the contract with everything that reads results):
 """
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, write_json
+from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, read_json, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
@@ -83,15 +84,39 @@ def check_writable(out):
     (Path(out) / ".writable").unlink()
 
 
-def check_run_folder(spec, out):
-    """Refuse a run folder whose run.json describes another run (sat_ehft.runspec.differing_keys)."""
+def refuse_links(out):
+    """A run folder holds no symbolic link: sat-ehft writes and deletes there (checkpoints, trained tensors,
+    results), and never through a link to somewhere else."""
+    links = [os.path.join(folder, name) for folder, dirs, files in os.walk(out) for name in dirs + files
+             if os.path.islink(os.path.join(folder, name))]
+    if links:
+        raise ValueError(f"{out}: holds symbolic links ({', '.join(links[:3])}{' ...' if len(links) > 3 else ''}); "
+                         "sat-ehft never writes or deletes through a link in a run folder: remove them")
+
+
+def check_run_folder(spec, out, log=print):
+    """Refuse a run folder whose run.json describes another run (sat_ehft.runspec.differing_keys) that kept
+    something: a finished stage or a checkpoint. One that kept nothing (it failed before its first checkpoint,
+    say on a bad setting) is cleared for this run, so that the corrected command needs no folder deleted by hand."""
     path = Path(out) / "run.json"
     if not path.is_file():
         return
-    differing = differing_keys(spec, json.loads(path.read_text(encoding="utf-8")))
-    if differing:
-        raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}); "
-                         "use a new --out")
+    recorded = read_json(path)
+    differing = differing_keys(spec, recorded)
+    if not differing:
+        return
+    stages = [Path(out) / stage.name for stage in get_method(recorded["method"]).stages]
+    marks = [stage / name for stage in stages for name in ("done.json", "trained.pt", "checkpoint/latest")]
+    kept = [str(mark) for mark in (*marks, Path(out) / "result.json") if mark.is_file()]
+    if kept:
+        raise ValueError(f"{path}: this folder belongs to another run (differs in {', '.join(differing)}) that "
+                         f"kept {', '.join(kept)}; use a new --out")
+    for stage in stages:
+        if stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage)
+    path.unlink()
+    log(f"{out}: cleared the run recorded there (differing in {', '.join(differing)}), which kept no finished "
+        "stage or checkpoint")
 
 
 def record_run(spec, out):
@@ -110,7 +135,13 @@ def run_folder_lock(out):
     if not is_main():
         yield
         return
-    descriptor = os.open(Path(out) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(Path(out) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RuntimeError(f"{Path(out) / '.lock'}: a symbolic link; sat-ehft never writes through a link in a "
+                               "run folder: remove it") from None
+        raise
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -139,13 +170,7 @@ def carried_names(model, what, config):
 def load_carried(model, path, carries, fingerprint, origin, config):
     """Copy what `carries` names (as `config` selects it) from a previous stage's trained.pt into `model`,
     checking it comes from `origin` (this run's previous stage, see stage_origin) and fits."""
-    saved = load_trained(path)
-    recorded = saved.get("origin", {})
-    differing = [f"{key} {recorded.get(key)!r}, not {value!r}" for key, value in origin.items()
-                 if recorded.get(key) != value]
-    if differing:
-        raise ValueError(f"{path}: trained by another run ({'; '.join(differing)}); a stage only takes what its own "
-                         "run's previous stage trained")
+    saved = load_trained(path, origin)
     if saved["backbone"] != fingerprint:
         raise ValueError(f"{path}: trained on another backbone (weights {saved['backbone']}, this one {fingerprint}); "
                          "a head only fits the backbone it was trained with")
@@ -162,15 +187,33 @@ def load_carried(model, path, carries, fingerprint, origin, config):
                 params[name].copy_(value)
 
 
-def load_trained(path):
-    """A stage's trained.pt; unreadable, it names itself and how to get a good one."""
-    return load_tensors(path, f"delete the folder {Path(path).parent} and rerun the training command: that stage "
-                        "is trained again")
+def load_trained(path, origin=None):
+    """A stage's trained.pt (or best.pt); unreadable, it names itself and how to get a good one. Given `origin`
+    (stage_origin of the run and stage that should have trained it), one trained by another run is refused."""
+    saved = load_tensors(path, f"delete the folder {Path(path).parent} and rerun the training command: that stage "
+                         "is trained again")
+    differing = [] if origin is None else origin_differences(saved.get("origin") or {}, origin)
+    if differing:
+        raise ValueError(f"{path}: trained by another run ({'; '.join(differing)}); a run only uses what its own "
+                         "stages trained")
+    return saved
 
 
 def stage_origin(spec, stage):
-    """What a trained.pt records of the run and stage that trained it."""
-    return {"task": spec.task, "method": spec.method, "seed": spec.seed, "stage": stage.name}
+    """What a trained.pt records of the run and stage that trained it: the run as run.json describes it (model,
+    data, seed, config) and the stage."""
+    return {"task": spec.task, "method": spec.method, "seed": spec.seed, "stage": stage.name, "run": described(spec)}
+
+
+def origin_differences(recorded, origin):
+    """How a trained.pt's recorded origin differs from `origin`. Only what the file records is compared: files of
+    older versions record less (none at all, or no `run`), and a config key added since counts as its default."""
+    differing = [f"{key} {recorded[key]!r}, not {value!r}" for key, value in origin.items()
+                 if key != "run" and key in recorded and recorded[key] != value]
+    if "run" in recorded and "run" in origin:
+        differing += [f"differs in {key}" for key in differing_keys(read_spec(origin["run"]), recorded["run"])
+                      if key not in origin]
+    return differing
 
 
 BEST_WEIGHTS = "best.pt"
@@ -268,6 +311,9 @@ def prepare_stage(spec, out, index):
     stage = method.stages[index]
     set_seed(spec.seed)
     backbone = load_backbone(spec.model)
+    if run_encoding(spec).max_length > backbone.max_tokens:  # else an IndexError at the first step
+        raise ValueError(f"max_length={spec.config.max_length}: {spec.model} holds sequences of at most "
+                         f"{backbone.max_tokens} tokens; set max_length to {backbone.max_tokens} or less")
     tokenizer = backbone.load_tokenizer()
     train, dev = encoded_splits(task, spec, tokenizer)
     model, trainable = build_classifier(backbone, task, stage, spec.config)
@@ -331,9 +377,13 @@ def run_stage(spec, out, index):
 
 def read_run(out):
     """The RunSpec recorded in a run folder's run.json."""
+    return read_spec(read_json(Path(out) / "run.json"))
+
+
+def read_spec(recorded):
+    """The RunSpec that run.json's content `recorded` describes."""
     from sat_ehft.config import load_config
 
-    recorded = json.loads((Path(out) / "run.json").read_text(encoding="utf-8"))
     return RunSpec(task=recorded["task"], method=recorded["method"], model=recorded["model"],
                    data_dir=recorded["data_dir"], seed=recorded["seed"], config=load_config(overrides=recorded["config"]))
 
@@ -346,7 +396,7 @@ def rebuild_stage_model(out, stage_name, weights="trained.pt"):
     stage = next(s for s in method.stages if s.name == stage_name)
     backbone = load_backbone(spec.model)
     model, _ = build_classifier(backbone, task, stage, spec.config)
-    trained = load_trained(Path(out) / stage_name / weights)["tensors"]
+    trained = load_trained(Path(out) / stage_name / weights, stage_origin(spec, stage))["tensors"]
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in trained.items():
@@ -378,7 +428,8 @@ def run(spec, out, stage_number=None, log=print):
     ensure_distributed()
     check_writable(out)
     with run_folder_lock(out):
-        check_run_folder(spec, out)
+        refuse_links(out)
+        check_run_folder(spec, out, log)
         for number in numbers:
             stage = method.stages[number - 1]
             if stage_done(out, stage):

@@ -190,6 +190,9 @@ def write_predictions(predictions, out, fmt):
     rows = predictions.rows()
     if fmt == "jsonl":
         path = Path(out)
+        if path.is_dir():
+            raise IsADirectoryError(f"--out {out}: a folder; jsonl predictions go to a file (a folder takes "
+                                    "--format leaderboard)")
         write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     else:
         path = Path(out) / leaderboard_file(predictions.task)

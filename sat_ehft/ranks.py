@@ -43,6 +43,19 @@ def gathered(mine):
     return everyone
 
 
+def launch_started():
+    """When this launch began (epoch seconds): DeepSpeed's runner or launcher process above this one, where it was
+    started by them, else this process."""
+    import psutil
+
+    process, started = psutil.Process(), psutil.Process().create_time()
+    for ancestor in process.parents():
+        if not any("deepspeed" in part for part in ancestor.cmdline()):
+            break
+        started = min(started, ancestor.create_time())
+    return started
+
+
 def collective_timeout():
     """How long a rank waits in a collective for the others before it fails: SAT_EHFT_COLLECTIVE_TIMEOUT seconds,
     torch's 30 minutes when unset. A rank that died before a collective (on this node or another) stops the

@@ -23,12 +23,13 @@ a task gets its difference from the baseline over seeds, with a 95% interval and
 import csv
 import io
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from sat_ehft.atomic import write_text
+from sat_ehft.atomic import read_json, write_text
 from sat_ehft.metrics import METRICS
 from sat_ehft.paper_numbers import INCONSISTENCIES, SEARCHED, TABLES, TASK_COLUMNS, metric_note
 from sat_ehft.stats import RESAMPLES, SEED, bootstrap_interval, difference
@@ -38,11 +39,16 @@ SCORES = ("best", "last", "max_over_all_stages")
 COMPARED = ("best", "last")  # the scores compared with a baseline: chosen on dev, and not
 
 
-def collect(out):
-    """One row per finished run under `out`: task, label, seed and its scores (x 100)."""
+def collect(out, unreadable):
+    """One row per finished run under `out`: task, label, seed and its scores (x 100). A damaged result.json is
+    added to `unreadable` (its path and why) instead: one bad file does not stop the grid's report."""
     rows = []
     for path in sorted(Path(out).rglob("result.json")):
-        result = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            result = read_json(path)
+        except ValueError as err:
+            unreadable.append(str(err))
+            continue
         label = path.parent.parent.name.replace("__", " ")
         rows.append({"task": result["task"], "label": label, "seed": result["seed"], "metric": result["metric"],
                      "also": other_metrics(result), "variant": variant(result),
@@ -195,7 +201,7 @@ def to_csv(rows):
     return buffer.getvalue()
 
 
-def to_markdown(rows, summary, missing, table, baseline, runs):
+def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
     paper = f"paper (Table {table})" if table else "paper"
     lines = ["| task | method | metric | seeds | collapsed | train acc | best (mean ± std) | last (mean ± std) | "
              f"max all stages | reported | {paper} | reported − paper | seconds | time / ft | dev ± | also at best |",
@@ -234,6 +240,7 @@ def to_markdown(rows, summary, missing, table, baseline, runs):
     lines += [f"- {task} {label}: {', '.join(map(str, entry['seeds']))}" for (task, label), entry in summary.items()]
     lines += ["", "## Missing runs", ""]
     lines += [f"- {run.task} {run.label} seed {run.seed}" for run in missing] or ["none"]
+    lines += ["", "## Unreadable runs", "", *[f"- {problem}" for problem in unreadable]] if unreadable else []
     return "\n".join(lines + ["", *run_lines(runs)]) + "\n"
 
 
@@ -323,7 +330,12 @@ def row_line(name, scores, all_tasks):
 def write_report(out, table="1", baseline=None):
     """Write report.md, report.csv (a row per task and method) and runs.csv (a row per run) into `out`; with
     `baseline` (a method label), every other method is compared with it. Returns the report rows."""
-    runs = collect(out)
+    if not Path(out).is_dir():
+        raise FileNotFoundError(f"{out}: no such folder (a grid folder written by sat-ehft sweep)")
+    unreadable = []
+    runs = collect(out, unreadable)
+    for problem in unreadable:
+        print(f"warning: {problem}; that run is left out of the report", file=sys.stderr)
     summary = aggregate(runs)
     if baseline and not any(label == baseline for _, label in summary):
         raise ValueError(f"--baseline {baseline}: no finished run of it in {out}; methods there: "
@@ -334,7 +346,7 @@ def write_report(out, table="1", baseline=None):
     write_text(Path(out) / "report.csv", to_csv(rows))
     write_text(Path(out) / "runs.csv", to_csv([run_row(run) for run in runs]))
     write_text(Path(out) / "report.md", f"# Results in {Path(out).name}\n\n"
-               + to_markdown(rows, summary, missing, table, baseline, runs))
+               + to_markdown(rows, summary, missing, table, baseline, runs, unreadable))
     return rows
 
 

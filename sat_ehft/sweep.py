@@ -8,7 +8,6 @@ than inventing a scheduler.
 """
 
 import itertools
-import json
 import os
 import shlex
 import subprocess
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sat_ehft.atomic import write_json, write_text
+from sat_ehft.atomic import read_json, write_json, write_text
 from sat_ehft.runspec import absolute_path
 
 
@@ -114,7 +113,7 @@ def check_not_stale(out, runs, settings):
     for run in runs:
         recorded = run.folder(out) / "run.json"
         if recorded.is_file():
-            differing = differing_keys(settings.spec(run), json.loads(recorded.read_text(encoding="utf-8")))
+            differing = differing_keys(settings.spec(run), read_json(recorded))
             stale += [f"{run.folder(out)} (differs in {', '.join(differing)})"] if differing else []
     if stale:
         listed = "; ".join(stale[:5]) + (f"; and {len(stale) - 5} more" if len(stale) > 5 else "")
@@ -134,7 +133,7 @@ def read_grid(out):
     path = Path(out) / "grid.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     return [GridRun(r["task"], r["method"], r["seed"], tuple(map(tuple, r["variant"]))) for r in data["runs"]]
 
 

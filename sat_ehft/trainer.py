@@ -5,6 +5,7 @@ model whose trainable parameters are already chosen, the encoded data, a peak LR
 epochs. One process on CPU and N processes under the `deepspeed` launcher run the same code.
 """
 
+import importlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from sat_ehft.batching import collate, model_inputs
 from sat_ehft.data_order import accumulation_steps, stage_plan
 from sat_ehft.mixins import HEAD_NAME, is_backbone_parameter
 from sat_ehft.precision import deepspeed_precision, resolve_precision
-from sat_ehft.ranks import collective_timeout, gathered, join_sat_groups, rank_and_world_size
+from sat_ehft.ranks import collective_timeout, gathered, join_sat_groups, launch_started, rank_and_world_size
 from sat_ehft.tracking import Trackers
 
 
@@ -46,6 +47,12 @@ def ensure_distributed():
         os.environ.setdefault(name, default)
     if not dist.is_initialized():
         import deepspeed
+
+        # DeepSpeed builds its shared-memory op with g++ (about 45 s on a new machine, per environment) and loads
+        # it for every CPU process group, though only its inference all-reduce uses it, never training; a build
+        # killed midway leaves a lock that makes every later launch wait forever. So none is built. (The module
+        # by its name: deepspeed.comm's own `torch` attribute is torch itself.)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
         if "MASTER_PORT" not in os.environ:
             from sat.helpers import get_free_port
@@ -414,6 +421,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     step_losses = StepLosses(progress, trackers, files, config.log_every)
     precision = resolve_precision(config.precision)
     backbone = ({n for n in trainable if is_backbone_parameter(n)}, precision)
+    cost["startup_seconds"] = round(time.time() - launch_started(), 2)  # this start's, launch to first step
     for round_index in range(progress.epoch, plan.rounds):  # progress.epoch: rounds done (epochs under reshuffle)
         started = time.perf_counter()
         skipped = engine.skipped_steps

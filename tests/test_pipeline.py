@@ -109,6 +109,67 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(tmp_path, tiny_b
         run(spec, tmp_path)
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"stage1_lr": {"bitfit": -1.0, "lora": 5e-4, "prefix": 5e-3, "lp": 1e-3}},
+     "stage1_lr's bitfit must be a finite number above 0, got -1.0"),
+    ({"stage1_lr": {"bitfit": float("nan"), "lora": 5e-4, "prefix": 5e-3, "lp": 1e-3}},
+     "stage1_lr's bitfit must be a finite number above 0, got nan"),
+    ({"lr": float("inf")}, "lr must be a finite number above 0, got inf"),
+])
+def test_learning_rates_are_checked_with_the_config(changes, message):
+    with pytest.raises(ValueError, match=f"invalid config: {message}"):
+        Config(**{**CONFIG.__dict__, **changes})
+
+
+def test_a_run_that_failed_before_keeping_anything_leaves_its_folder_to_the_corrected_command(tmp_path, tiny_bert,
+                                                                                           rte_dir, monkeypatch):
+    """max_length past the backbone's positions stops before anything is written; a failure after run.json but
+    before the first checkpoint leaves a folder that the corrected command clears and uses, while a folder
+    whose run kept a finished stage is still refused."""
+    import sat_ehft.pipeline
+
+    too_long = spec_for("ehft-bitfit", tiny_bert, rte_dir, max_length=513)
+    with pytest.raises(ValueError, match=f"max_length=513: {tiny_bert} holds sequences of at most 512 tokens; set "
+                                         "max_length to 512 or less"):
+        run(too_long, tmp_path / "run")
+    assert not (tmp_path / "run" / "run.json").exists()
+
+    def fails_at_the_first_step(*args, **kwargs):
+        raise RuntimeError("failed at the first step")
+    monkeypatch.setattr(sat_ehft.pipeline, "train_stage", fails_at_the_first_step)
+    with pytest.raises(RuntimeError, match="failed at the first step"):
+        run(spec_for("ehft-bitfit", tiny_bert, rte_dir, lr=5.0), tmp_path / "run")
+    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "stage1").is_dir()
+    monkeypatch.undo()
+    lines = []
+    corrected = spec_for("ehft-bitfit", tiny_bert, rte_dir)
+    run(corrected, tmp_path / "run", stage_number=1, log=lines.append)
+    assert lines[0] == (f"{tmp_path / 'run'}: cleared the run recorded there (differing in config.lr), which kept "
+                        "no finished stage or checkpoint")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["lr"] == CONFIG.lr
+    with pytest.raises(ValueError, match=r"another run \(differs in config\.lr\) that kept .*stage1/done\.json"):
+        run(spec_for("ehft-bitfit", tiny_bert, rte_dir, lr=5.0), tmp_path / "run")
+
+
+def test_a_link_in_a_run_folder_is_refused_and_nothing_it_points_at_is_touched(tmp_path, tiny_bert, rte_dir):
+    """A .lock that links elsewhere was truncated through the link; a checkpoint folder that linked elsewhere had
+    its epochN folders deleted and written there. Both are refused now, and the targets stay as they were."""
+    spec, folder, outside = spec_for("ehft-bitfit", tiny_bert, rte_dir), tmp_path / "run", tmp_path / "outside"
+    (outside / "epoch1").mkdir(parents=True)
+    (outside / "keep.txt").write_text("mine")
+    folder.mkdir()
+    (folder / ".lock").symlink_to(outside / "keep.txt")
+    with pytest.raises(RuntimeError, match=r"\.lock: a symbolic link; sat-ehft never writes through a link"):
+        run(spec, folder)
+    (folder / ".lock").unlink()
+    (folder / "stage1").mkdir()
+    (folder / "stage1" / "checkpoint").symlink_to(outside)
+    with pytest.raises(ValueError, match=f"{folder}: holds symbolic links \\({folder}/stage1/checkpoint\\)"):
+        run(spec, folder)
+    assert (outside / "keep.txt").read_text() == "mine" and sorted(p.name for p in outside.iterdir()) == ["epoch1", "keep.txt"]
+    assert not (folder / "run.json").exists()
+
+
 def test_bitfit_reserve_carries_the_biases_its_stage1_trained(tmp_path, tiny_bert, rte_dir):
     spec = spec_for("ehft-bitfit-reserve", tiny_bert, rte_dir, bitfit_final_layernorm=False)
     run(spec, tmp_path, log=lambda line: None)

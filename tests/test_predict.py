@@ -206,6 +206,27 @@ def test_leaderboard_files_have_the_servers_format(tmp_path, name):
     written = write_predictions(predictions, tmp_path / "submission", "leaderboard")
     assert written == tmp_path / "submission" / filename
     assert written.read_text(encoding="utf-8") == text
+    with pytest.raises(IsADirectoryError, match=f"--out {tmp_path / 'submission'}: a folder; jsonl predictions go "
+                                                "to a file"):
+        write_predictions(predictions, tmp_path / "submission", "jsonl")
+
+
+def test_weights_trained_by_another_run_are_refused_by_predict_and_export(tmp_path, tiny_bert, rte_dir):
+    """Another run's trained.pt or best.pt swapped into a run folder (same task, method and seed; another lr) was
+    used, and its export carried this run's card. Each weights file records the run that trained it."""
+    from sat_ehft.export import export_run
+
+    for name, lr in (("mine", 1e-3), ("other", 2e-3)):
+        run(RunSpec("rte", "ft", str(tiny_bert), str(rte_dir), 2, Config(**{**CONFIG.__dict__, "lr": lr, "epochs": 1})),
+            tmp_path / name, log=lambda line: None)
+    for weights, file in (("last", "trained.pt"), ("best", "best.pt")):
+        (tmp_path / "mine" / "train" / file).write_bytes((tmp_path / "other" / "train" / file).read_bytes())
+        with pytest.raises(ValueError, match=f"{tmp_path}/mine/train/{file}: trained by another run \\(differs in "
+                                              "config.lr\\); a run only uses what its own stages trained"):
+            load_classifier(tmp_path / "mine", weights)
+        with pytest.raises(ValueError, match="trained by another run"):
+            export_run(tmp_path / "mine", tmp_path / f"hf-{weights}", weights)
+        assert not (tmp_path / f"hf-{weights}").exists()
 
 
 def test_predictions_of_one_class_for_every_example_are_flagged_on_the_console(tmp_path, capsys, monkeypatch):

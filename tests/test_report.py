@@ -225,3 +225,20 @@ def test_a_baseline_without_runs_is_refused_naming_the_methods_there(tmp_path):
     write_result(tmp_path / "grid", "rte", "ft", 1, 60.0)
     with pytest.raises(ValueError, match="--baseline fr: no finished run of it in .*; methods there: ft"):
         write_report(tmp_path / "grid", baseline="fr")
+
+
+def test_a_damaged_result_is_named_and_left_out_and_a_mistyped_folder_is_refused(tmp_path, capsys):
+    """A truncated result.json stopped the whole grid's report with a bare JSON message; now the report names
+    it, leaves that run out and reports the rest. A grid folder that does not exist is refused, not created."""
+    write_result(tmp_path / "grid", "rte", "ft", 1, 60.0)
+    write_result(tmp_path / "grid", "rte", "ft", 2, 70.0)
+    damaged = tmp_path / "grid" / "rte" / "ft" / "seed2" / "result.json"
+    damaged.write_text(damaged.read_text()[:30])
+    rows = write_report(tmp_path / "grid")
+    assert [(row["task"], row["method"], row["seeds"], row["best_mean"]) for row in rows] == [("rte", "ft", 1, 60.0)]
+    problem = f"{damaged}: damaged, not valid JSON ("
+    assert f"warning: {problem}" in capsys.readouterr().err
+    assert f"## Unreadable runs\n\n- {problem}" in (tmp_path / "grid" / "report.md").read_text()
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/gird: no such folder"):
+        write_report(tmp_path / "gird")
+    assert not (tmp_path / "gird").exists()
