@@ -232,7 +232,7 @@ def build_parser():
     source.add_argument("--data-dir", help="folder holding superglue/<TASK>/... and glue/<TASK>/...")
     source.add_argument("--hub", action="store_true", help="read the task from the Hugging Face hub")
     data.add_argument("--model", help="model folder or name whose tokenizer measures token lengths")
-    data.add_argument("--max-length", type=int, default=512, help="truncation length for the token counts")
+    data.add_argument("--max-length", type=positive_int, default=512, help="truncation length for the token counts")
     data.set_defaults(func=cmd_data)
 
     train = commands.add_parser("train", help="train one task with one method (all stages, or --stage N)")

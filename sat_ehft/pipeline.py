@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sat_ehft import checkpoints
 from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, read_json, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
@@ -53,7 +54,7 @@ from sat_ehft.mixins import bias_names
 from sat_ehft.mixins.child_tuning import mask_to_child_network
 from sat_ehft.ranks import barrier, is_main, layout
 from sat_ehft.runspec import RunSpec, described, differing_keys
-from sat_ehft.tasks import Encoding, get_task
+from sat_ehft.tasks import Encoding, get_task, selection_metric
 from sat_ehft.precision import resolve_precision, skipped_steps
 from sat_ehft.trainer import BestKeeper, StageBudget, StageFiles, ensure_distributed, train_stage
 from sat_ehft.weight_distance import WeightDistanceLog
@@ -261,17 +262,6 @@ def save_model(model, backbone, folder):
             shutil.copytree(backbone.folder / HF_ORIGIN_SUBDIR, tmp / HF_ORIGIN_SUBDIR)
 
 
-def selection_metric(task, config):
-    """The metric that picks the best epoch: config.best_metric; '' the task's first (the paper's text's);
-    'original' the one the paper's numbers most probably are (MRPC: accuracy, see Task.original_metric)."""
-    if config.best_metric == "original":
-        return task.original_metric
-    if config.best_metric and config.best_metric not in task.metrics:
-        raise ValueError(f"best_metric={config.best_metric!r}: task {task.name} reports {', '.join(task.metrics)} "
-                         "(or 'original')")
-    return config.best_metric or task.metrics[0]
-
-
 def summarize(task, records, config):
     """Best (by the selection metric) and last epoch records, among the evaluated epochs (see eval_every)."""
     metric = selection_metric(task, config)
@@ -370,7 +360,7 @@ def run_stage(spec, out, index):
         if spec.config.save_model and final:
             save_model(ready.model, ready.backbone, Path(out) / "model")
         write_json(folder / "done.json", done)
-        shutil.rmtree(files.checkpoints, ignore_errors=True)
+        checkpoints.remove_resumable(files.checkpoints)
     barrier()
     return done
 

@@ -56,12 +56,16 @@ class GridSettings:
         return [*self.sets, *(f"{k}={v}" for k, v in run.variant)]
 
     def check(self, runs):
-        """Every run's config loads and can train (unknown keys, bad values, a stage left without epochs), so
-        that a mistake fails the sweep before anything is written rather than every run on its own."""
+        """Every run's config loads and can train (unknown keys, bad values, a stage left without epochs, a
+        best_metric the task lacks), so that a mistake fails the sweep before anything is written rather than
+        every run on its own, on the cluster."""
         from sat_ehft.methods import get_method
+        from sat_ehft.tasks import get_task, selection_metric
 
         for run in runs:
-            get_method(run.method).check(self.spec(run).config)
+            config = self.spec(run).config
+            get_method(run.method).check(config)
+            selection_metric(get_task(run.task), config)
 
     def spec(self, run):
         """The RunSpec `sat-ehft train` records for `run` (its run.json)."""

@@ -46,7 +46,8 @@ def test_a_checkpoint_is_a_renamed_tag_with_a_manifest_and_only_the_trained_tens
         assert (folder / "latest").read_text() == "epoch1\n"
         manifest = json.loads((folder / "epoch1" / checkpoints.MANIFEST).read_text())
         on_disk = {f.name: f.stat().st_size for f in (folder / "epoch1").iterdir() if f.name != checkpoints.MANIFEST}
-        assert manifest == {"tag": "epoch1", "files": on_disk}
+        assert manifest == {"tag": "epoch1", "files": on_disk,
+                            "sha256": {name: checkpoints.sha256(folder / "epoch1" / name) for name in on_disk}}
         assert cost["checkpoint_bytes"] == sum(on_disk.values()) and cost["checkpoints"] == 1
         saved = checkpoints.safe_load(folder / "epoch1" / "mp_rank_00_model_states.pt")["module"]
         buffers = {name for name, _ in model.named_buffers()}
@@ -103,6 +104,7 @@ def plant(tag_folder, marker):
     torch.save({"module": {}, "payload": CreatesAFolder(marker)}, victim)
     manifest = json.loads((tag_folder / checkpoints.MANIFEST).read_text())
     manifest["files"][victim.name] = victim.stat().st_size
+    manifest["sha256"][victim.name] = checkpoints.sha256(victim)
     (tag_folder / checkpoints.MANIFEST).write_text(json.dumps(manifest))
     return victim
 
@@ -185,12 +187,36 @@ def test_an_unreadable_only_checkpoint_restarts_the_stage(tmp_path, rte_features
     truncate(states)
     manifest = json.loads((folder / "epoch2" / checkpoints.MANIFEST).read_text())
     manifest["files"][states.name] = states.stat().st_size  # the size matches: only reading it shows the damage
+    del manifest["sha256"]  # as an older version's manifest
     (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
     capsys.readouterr()
     trained = []
     _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
     assert "mp_rank_00_model_states.pt is unreadable" in capsys.readouterr().out
     assert trained == [1, 2, 3] and records == whole_records
+
+
+def test_a_checkpoint_changed_at_the_same_size_is_set_aside(tmp_path, rte_features, minilm_tokenizer, capsys):
+    """Bytes inside the largest tensor record overwritten with 1e30 at the same size (bit rot) resumed silently
+    and reached the final weights. The manifest's SHA-256 finds it: set aside, and the stage trains again from
+    the start (it had no other checkpoint)."""
+    pad = minilm_tokenizer.pad_token_id
+    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+    folder = tmp_path / "cut" / "checkpoint"
+    states = max((folder / "epoch2").glob("*.pt"), key=lambda path: path.stat().st_size)
+    data = bytearray(states.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = torch.full((1024,), 1e30).numpy().tobytes()
+    states.write_bytes(bytes(data))
+    capsys.readouterr()
+    trained = []
+    _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
+    out = capsys.readouterr().out
+    assert f"{states.name} does not match its SHA-256 in the manifest (changed after it was written)" in out
+    assert trained == [1, 2, 3] and records == whole_records
+    assert (folder / "epoch2.broken" / states.name).read_bytes() == bytes(data)
 
 
 def test_a_checkpoint_without_a_trained_tensor_is_refused_naming_it(tmp_path, rte_features, minilm_tokenizer, capsys):
@@ -206,7 +232,8 @@ def test_a_checkpoint_without_a_trained_tensor_is_refused_naming_it(tmp_path, rt
     del saved["module"]["mixins.head.out.bias"]
     torch.save(saved, states)
     manifest = json.loads((folder / "epoch2" / checkpoints.MANIFEST).read_text())
-    manifest["files"][states.name] = states.stat().st_size  # sizes agree: only the content is short
+    manifest["files"][states.name] = states.stat().st_size  # size and checksum agree: only the content is short
+    manifest["sha256"][states.name] = checkpoints.sha256(states)
     (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
     capsys.readouterr()
     trained = []
@@ -291,3 +318,22 @@ def test_the_best_epochs_weights_are_kept_and_written_with_the_checkpoint_after_
     run("cut", resumed_written)
     assert resumed_written[-1][0] == best_epoch
     assert all(torch.equal(resumed_written[-1][1][n], weights[best_epoch][n]) for n in weights[best_epoch])
+
+
+def test_a_stages_end_removes_its_resumable_checkpoints_and_keeps_the_broken_ones(tmp_path):
+    """Set-aside checkpoints were deleted with the rest when the stage ended, though the log had promised them
+    "for inspection"; now they stay until the run folder is deleted, and the log says where."""
+    folder = tmp_path / "checkpoint"
+    for name in ("epoch3", "epoch2.broken", "epoch1.broken-2"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    (folder / "latest").write_text("epoch3\n")
+    lines = []
+    checkpoints.remove_resumable(folder, report=lines.append)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch1.broken-2", "epoch2.broken"]
+    assert sorted(lines) == [f"kept {folder / name}: a checkpoint set aside as broken, for inspection"
+                             for name in ("epoch1.broken-2", "epoch2.broken")]
+    for name in ("epoch1.broken-2", "epoch2.broken"):
+        shutil.rmtree(folder / name)
+    checkpoints.remove_resumable(folder, report=lines.append)
+    assert not folder.exists()

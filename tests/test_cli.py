@@ -49,6 +49,14 @@ def test_data_names_missing_split_file(tmp_path, capsys):
     assert "superglue/BoolQ/train.jsonl: missing" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("length", ["0", "-3", "ten"])
+def test_data_refuses_a_max_length_that_is_no_length(tmp_path, capsys, length):
+    """--max-length 0 printed "250 sequences cut at 0"."""
+    with pytest.raises(SystemExit):
+        main(["data", "--task", "rte", "--data-dir", str(tmp_path), "--max-length", length])
+    assert f"argument --max-length: expected a positive integer, got {length!r}" in capsys.readouterr().err
+
+
 def test_convert_writes_a_folder_sat_automodel_loads(tmp_path, capsys):
     from sat.model.base_model import AutoModel
 

@@ -128,18 +128,22 @@ def test_a_run_that_failed_before_keeping_anything_leaves_its_folder_to_the_corr
     whose run kept a finished stage is still refused."""
     import sat_ehft.pipeline
 
-    too_long = spec_for("ehft-bitfit", tiny_bert, rte_dir, max_length=513)
-    with pytest.raises(ValueError, match=f"max_length=513: {tiny_bert} holds sequences of at most 512 tokens; set "
-                                         "max_length to 512 or less"):
+    positions = load_backbone(tiny_bert).max_tokens  # BERT: its position table's rows
+    assert positions == json.loads((tiny_bert / "config.json").read_text())["max_position_embeddings"]
+    too_long = spec_for("ehft-bitfit", tiny_bert, rte_dir, max_length=positions + 1)
+    with pytest.raises(ValueError, match=f"max_length={positions + 1}: {tiny_bert} holds sequences of at most "
+                                         f"{positions} tokens; set max_length to {positions} or less"):
         run(too_long, tmp_path / "run")
     assert not (tmp_path / "run" / "run.json").exists()
 
-    def fails_at_the_first_step(*args, **kwargs):
-        raise RuntimeError("failed at the first step")
-    monkeypatch.setattr(sat_ehft.pipeline, "train_stage", fails_at_the_first_step)
-    with pytest.raises(RuntimeError, match="failed at the first step"):
+    def fails_after_an_epoch(*args, files, **kwargs):  # its logs written, no checkpoint yet
+        files.folder.mkdir(parents=True)
+        (files.folder / "progress.log").write_text("stage1 epoch 1/1 step 4: train loss nan\n")
+        raise RuntimeError("failed after an epoch")
+    monkeypatch.setattr(sat_ehft.pipeline, "train_stage", fails_after_an_epoch)
+    with pytest.raises(RuntimeError, match="failed after an epoch"):
         run(spec_for("ehft-bitfit", tiny_bert, rte_dir, lr=5.0), tmp_path / "run")
-    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "stage1").is_dir()
+    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "stage1" / "progress.log").is_file()
     monkeypatch.undo()
     lines = []
     corrected = spec_for("ehft-bitfit", tiny_bert, rte_dir)
@@ -147,8 +151,16 @@ def test_a_run_that_failed_before_keeping_anything_leaves_its_folder_to_the_corr
     assert lines[0] == (f"{tmp_path / 'run'}: cleared the run recorded there (differing in config.lr), which kept "
                         "no finished stage or checkpoint")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["lr"] == CONFIG.lr
+    assert "nan" not in (tmp_path / "run" / "stage1" / "progress.log").read_text()  # the failed run's logs went
     with pytest.raises(ValueError, match=r"another run \(differs in config\.lr\) that kept .*stage1/done\.json"):
         run(spec_for("ehft-bitfit", tiny_bert, rte_dir, lr=5.0), tmp_path / "run")
+
+
+def test_a_robertas_longest_sequence_leaves_out_its_padding_offset(tiny_roberta):
+    """RoBERTa numbers positions from padding_idx + 1: roberta-large's 514 rows hold 512 tokens (its tokenizer's
+    model_max_length)."""
+    config = json.loads((tiny_roberta / "config.json").read_text())
+    assert load_backbone(tiny_roberta).max_tokens == config["max_position_embeddings"] - config["pad_token_id"] - 1
 
 
 def test_a_link_in_a_run_folder_is_refused_and_nothing_it_points_at_is_touched(tmp_path, tiny_bert, rte_dir):

@@ -180,6 +180,7 @@ def test_a_table_script_writes_its_whole_grid_for_slurm(tmp_path, tiny_bert, gri
     (["--set", "lora_targets=[query,\nvalue]"], "a value with a line break cannot go on one line of commands.txt"),
     (["--set", "learning_rate=1e-5"], "--set learning_rate: unknown config key 'learning_rate'"),
     (["--vary", "epochs=1,4"], "epochs=1 leaves nothing for Stage 2 at stage1_share=0.1"),
+    (["--set", "best_metric=f1"], "best_metric='f1': task rte reports accuracy (or 'original')"),
 ])
 def test_sweep_checks_every_run_before_writing_anything(tmp_path, tiny_bert, grid_inputs, capsys, options, message):
     from sat_ehft.cli import main

@@ -303,3 +303,14 @@ def encode_examples(task, examples, tokenizer, encoding):
         ids = [seq for f in chunk for seq in sequences(f["input_ids"])]
         check_unk_rate(ids, tokenizer.unk_token_id, f"{task.name}, examples from {examples[start].source}")
     return features
+
+
+def selection_metric(task, config):
+    """The metric that picks the best epoch: config.best_metric; '' the task's first (the paper's text's);
+    'original' the one the paper's numbers most probably are (MRPC: accuracy, see Task.original_metric)."""
+    if config.best_metric == "original":
+        return task.original_metric
+    if config.best_metric and config.best_metric not in task.metrics:
+        raise ValueError(f"best_metric={config.best_metric!r}: task {task.name} reports {', '.join(task.metrics)} "
+                         "(or 'original')")
+    return config.best_metric or task.metrics[0]
