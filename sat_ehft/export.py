@@ -149,8 +149,8 @@ def usage(task, encoding):
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 folder = "."  # this folder
-tokenizer = AutoTokenizer.from_pretrained(folder)
-model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)  # modeling_ehft.py
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)  # config.json names modeling_ehft.py
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 {special}{", ".join(fields)} = {", ".join('"..."' for _ in fields)}  # in the order the classifier was trained with
 inputs = tokenizer({", ".join(fields)}, truncation="{truncation}", max_length={encoding.max_length}, return_tensors="pt")
 {read}
