@@ -15,7 +15,6 @@ Every load uses torch.load(weights_only=True), DeepSpeed's included, allowing on
 DeepSpeed types its optimizer states hold.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from sat_ehft.atomic import raise_if_disk_full, write_text
+from sat_ehft.atomic import file_sha256, raise_if_disk_full, write_text
 from sat_ehft.ranks import barrier, is_main, rank_and_world_size
 
 MANIFEST = "manifest.json"
@@ -87,22 +86,13 @@ def save(engine, folder, epoch, client_state):
     return written
 
 
-def sha256(path):
-    """The file's SHA-256 (hex): about 1 s for a 280 MB checkpoint on a 2-core CPU, measured."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for chunk in iter(lambda: source.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _commit(folder, partial, tag):
     """Make the written `partial` folder the complete checkpoint `tag` (a manifest of its files' sizes and
     SHA-256s), then drop the older ones."""
     files = {f.name: f.stat().st_size for f in sorted(partial.iterdir())}
     for name in files:
         _fsync(partial / name)
-    checksums = {name: sha256(partial / name) for name in files}
+    checksums = {name: file_sha256(partial / name) for name in files}
     (partial / MANIFEST).write_text(json.dumps({"tag": tag, "files": files, "sha256": checksums}, indent=2),
                                     encoding="utf-8")
     _fsync(partial / MANIFEST)
@@ -137,7 +127,7 @@ def problem_with(tag_folder, trainable):
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
-        if name in checksums and sha256(path) != checksums[name]:
+        if name in checksums and file_sha256(path) != checksums[name]:
             return f"{name} does not match its SHA-256 in the manifest (changed after it was written)"
         problem = _unreadable(path)
         if problem:

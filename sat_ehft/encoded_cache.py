@@ -11,19 +11,11 @@ import dataclasses
 import hashlib
 import json
 
-from sat_ehft.atomic import write_text
+from sat_ehft.atomic import file_sha256, write_text
 from sat_ehft.convert import cache_root
 from sat_ehft.tasks import encode_examples
 
 ENCODING_VERSION = 1  # bump when what Task.encode produces changes for the same settings
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_sha256(tokenizer):

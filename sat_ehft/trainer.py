@@ -395,8 +395,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     and train_loss.jsonl rewritten atomically, then a checkpoint in `files.checkpoints` when
     `config.checkpoint_minutes` have passed since the last one (and after the last epoch; see
     sat_ehft.checkpoints; `best`, a BestKeeper, writes the best epoch so far just before it), then each
-    callback gets (model, record). A rerun with the
-    same arguments resumes after the last checkpoint and ends as an uninterrupted run would. A NaN loss
+    callback gets (model, record). A rerun with the same arguments resumes after the last checkpoint and ends
+    as an uninterrupted run would. A NaN loss
     raises NonFiniteLoss when read (every `config.log_every` steps, see StepLosses) and leaves the last good
     checkpoint. Each of `step_callbacks` gets (model, step) after every optimizer step. `clock` (seconds)
     drives the checkpoint policy.

@@ -12,7 +12,7 @@ import torch
 from test_trainer import CONFIG, Interrupted, classifier, interrupt_after, run_ft
 
 from sat_ehft import checkpoints
-from sat_ehft.atomic import atomic_path
+from sat_ehft.atomic import atomic_path, file_sha256
 from sat_ehft.cli import error_message
 from sat_ehft.config import Config
 from sat_ehft.methods import get_method
@@ -47,7 +47,7 @@ def test_a_checkpoint_is_a_renamed_tag_with_a_manifest_and_only_the_trained_tens
         manifest = json.loads((folder / "epoch1" / checkpoints.MANIFEST).read_text())
         on_disk = {f.name: f.stat().st_size for f in (folder / "epoch1").iterdir() if f.name != checkpoints.MANIFEST}
         assert manifest == {"tag": "epoch1", "files": on_disk,
-                            "sha256": {name: checkpoints.sha256(folder / "epoch1" / name) for name in on_disk}}
+                            "sha256": {name: file_sha256(folder / "epoch1" / name) for name in on_disk}}
         assert cost["checkpoint_bytes"] == sum(on_disk.values()) and cost["checkpoints"] == 1
         saved = checkpoints.safe_load(folder / "epoch1" / "mp_rank_00_model_states.pt")["module"]
         buffers = {name for name, _ in model.named_buffers()}
@@ -104,7 +104,7 @@ def plant(tag_folder, marker):
     torch.save({"module": {}, "payload": CreatesAFolder(marker)}, victim)
     manifest = json.loads((tag_folder / checkpoints.MANIFEST).read_text())
     manifest["files"][victim.name] = victim.stat().st_size
-    manifest["sha256"][victim.name] = checkpoints.sha256(victim)
+    manifest["sha256"][victim.name] = file_sha256(victim)
     (tag_folder / checkpoints.MANIFEST).write_text(json.dumps(manifest))
     return victim
 
@@ -233,7 +233,7 @@ def test_a_checkpoint_without_a_trained_tensor_is_refused_naming_it(tmp_path, rt
     torch.save(saved, states)
     manifest = json.loads((folder / "epoch2" / checkpoints.MANIFEST).read_text())
     manifest["files"][states.name] = states.stat().st_size  # size and checksum agree: only the content is short
-    manifest["sha256"][states.name] = checkpoints.sha256(states)
+    manifest["sha256"][states.name] = file_sha256(states)
     (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
     capsys.readouterr()
     trained = []
