@@ -186,6 +186,14 @@ def configs_dir():
     return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs"
 
 
+def _coerce_number(value):
+    """A string YAML 1.1 left unread ("1e-3") as the number it spells; anything else as it is."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def _coerce(key, value, where):
     """Check (and gently convert) `value` against the declared type of `key`."""
     if key not in FIELDS:
@@ -197,6 +205,8 @@ def _coerce(key, value, where):
             return float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
         except ValueError:
             pass
+    if kind is dict and isinstance(value, dict):  # stage1_lr: its rates as the float check above reads them
+        return {name: _coerce_number(rate) for name, rate in value.items()}
     if kind is tuple and isinstance(value, (list, str)):
         return tuple(value) if isinstance(value, list) else (value,)  # `--set report_to=wandb`: one item
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
