@@ -212,7 +212,7 @@ def test_an_export_whose_logits_drift_past_the_tolerance_is_not_written(runs, tm
             export_run(runs["sts-b"], tmp_path / "hf")
         assert not (tmp_path / "hf").exists()
     else:
-        assert export_run(runs["sts-b"], tmp_path / "hf") == pytest.approx(shift, rel=0.05)
+        assert export_run(runs["sts-b"], tmp_path / "hf")[0] == pytest.approx(shift, rel=0.05)
 
 
 def test_prefix_runs_and_existing_folders_are_refused(tmp_path, tiny_bert, rte_dir, runs):
