@@ -274,7 +274,8 @@ def test_scripts_pass_the_method_as_data_and_report_an_unknown_one(tmp_path, tin
 
 
 def test_hub_setting_makes_the_scripts_read_the_hub(tmp_path, tiny_bert):
-    env = launch_env(MODEL=str(tiny_bert), OUT=str(tmp_path / "run"), NUM_GPUS="0", HUB="1", HF_HUB_OFFLINE="1")
+    env = launch_env(MODEL=str(tiny_bert), OUT=str(tmp_path / "run"), NUM_GPUS="0", HUB="1", HF_HUB_OFFLINE="1",
+                     SET="max_length=64")  # the tiny model's positions
     run = subprocess.run(["bash", "finetune_scripts/common.sh", "rte", "ft"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2  # offline here: the hub is asked for, and refused at once

@@ -65,8 +65,12 @@ def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path
                              "mixins.head.out.weight"]
     weights, biases = [n for n in heads if n.endswith("weight")], [n for n in heads if n.endswith("bias")]
     assert all(torch.equal(start[n], stage1[n]) for n in heads)  # carried whole (bitfit_head_bias: carry)
-    reinit = prepare_stage(spec_for("ehft-bitfit", tiny_bert, rte_dir, bitfit_head_bias="reinit"), tmp_path, 1)
-    reinit = reinit.model.state_dict()
+    # another config is another run (its Stage 2 refuses this run's Stage 1): its own Stage 1, trained alike
+    reinit_spec = spec_for("ehft-bitfit", tiny_bert, rte_dir, bitfit_head_bias="reinit")
+    run(reinit_spec, tmp_path / "reinit", stage_number=1, log=lambda line: None)
+    reinit_stage1 = torch.load(tmp_path / "reinit" / "stage1" / "trained.pt", weights_only=True)["tensors"]
+    assert all(torch.equal(reinit_stage1[n], stage1[n]) for n in stage1)
+    reinit = prepare_stage(reinit_spec, tmp_path / "reinit", 1).model.state_dict()
     fresh = prepare_stage(spec_for("ft", tiny_bert, rte_dir), tmp_path / "ft", 0).model.state_dict()
     assert not any(torch.equal(stage1[n], fresh[n]) for n in biases)  # Stage 1 trained them: the two can be told apart
     assert all(torch.equal(reinit[n], stage1[n]) for n in weights) and all(torch.equal(reinit[n], fresh[n]) for n in biases)
