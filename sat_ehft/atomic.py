@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,18 +23,36 @@ def atomic_path(path):
         yield Path(tmp)
         os.replace(tmp, path)
     except RuntimeError as err:
-        raise_if_disk_full(err, path)
+        raise_if_disk_full(err, path, os.path.getsize(tmp))
         raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def raise_if_disk_full(err, path):
+def raise_if_disk_full(err, path, written):
     """torch.save reports a full disk as RuntimeError('... unexpected pos N vs M'): raise the OSError (ENOSPC,
-    naming `path`) it stands for, so that the user is told where space ran out."""
+    naming `path`, with `bytes_written`: what the write had taken) it stands for, so that the user is told where
+    space ran out and how much is needed."""
     if isinstance(err, RuntimeError) and "unexpected pos" in str(err):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+        release_frames(err)
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        full.bytes_written = written
+        raise full from err
+
+
+def release_frames(err):
+    """Clear the local variables of the frames `err` and the errors it chains hold: torch.save's writer, there,
+    keeps the failed file open, and with it its space taken, deleted or not, for as long as the error lives (a
+    full disk's message read 0 MiB free)."""
+    while err is not None:
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
+def folder_bytes(folder):
+    """The bytes of the files in `folder` (0 where it is gone)."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) if Path(folder).is_dir() else 0
 
 
 def file_sha256(path):
@@ -42,6 +61,19 @@ def file_sha256(path):
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def tensors_digest(tensors):
+    """SHA-256 (hex) of a {name: tensor} dict's names, dtypes, shapes and values: what a trained.pt or a saved
+    model records of its own tensors, so that a reader notices a tensor changed after it was written."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu()
+        digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

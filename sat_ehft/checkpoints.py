@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from sat_ehft.atomic import file_sha256, raise_if_disk_full, write_text
+from sat_ehft.atomic import file_sha256, folder_bytes, raise_if_disk_full, write_text
 from sat_ehft.ranks import barrier, is_main, rank_and_world_size
 
 MANIFEST = "manifest.json"
@@ -74,11 +74,12 @@ def save(engine, folder, epoch, client_state):
         engine.save_checkpoint(str(folder), tag=partial.name, client_state=client_state, save_latest=False,
                                exclude_frozen_parameters=True)
     except (OSError, RuntimeError) as err:  # a full disk, say: free what this write took; the last checkpoint stays
+        written = folder_bytes(partial)
         shutil.rmtree(partial, ignore_errors=True)
-        raise_if_disk_full(err, partial)
+        raise_if_disk_full(err, partial, written)
         raise
     barrier()
-    written = sum(f.stat().st_size for f in partial.iterdir())
+    written = folder_bytes(partial)
     barrier()  # every rank has read the folder before rank 0 renames it
     if is_main():
         _commit(folder, partial, tag)

@@ -2,7 +2,6 @@
 
 import argparse
 import errno
-import json
 import os
 import shutil
 import sys
@@ -177,10 +176,11 @@ def positive_int(text):
 
 
 def cmd_cost(args):
+    from sat_ehft.atomic import read_json
     from sat_ehft.config import configs_dir, load_config
     from sat_ehft.cost import table
 
-    tasks = {json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))["task"] for run in args.runs}
+    tasks = {read_json(Path(run) / "run.json")["task"] for run in args.runs}
     paper_epochs = {task: load_config(configs_dir() / f"{task}.yaml").epochs for task in tasks}
     print(table(args.runs, paper_epochs, args.eval_every))
 
@@ -348,6 +348,10 @@ def build_parser():
     return parser
 
 
+# The commands that import SAT and DeepSpeed, or start processes that do.
+LAUNCHING_COMMANDS = ("train", "predict", "export", "sweep", "analyze", "bench", "convert")
+
+
 def lost_rank(err):
     """A collective failed because another rank is gone: its connections closed, or it stayed silent past the
     collective timeout (gloo's errors, torch's store errors)."""
@@ -371,13 +375,30 @@ def error_message(err):
         message = f"{err.filename or 'a file'}: {err.strerror or err}"
         if err.errno == errno.ENOSPC and err.filename:
             existing = next(p for p in Path(err.filename).absolute().parents if p.exists())
-            message += f" ({shutil.disk_usage(existing).free / 2 ** 20:.0f} MiB free there; free some and rerun)"
+            written = getattr(err, "bytes_written", None)
+            needed = f"; the write failed after {written / 2 ** 20:.0f} MiB: it needs more" if written else ""
+            message += (f" ({shutil.disk_usage(existing).free / 2 ** 20:.0f} MiB free there now{needed}; free some "
+                        "and rerun)")
         return message
     return str(err)
 
 
+def quiet_notices():
+    """SAT logs its notices at INFO, and DeepSpeed warns on every CPU launch that it found no GPU: lines before
+    each run's own that say nothing a user acts on. SAT's warnings stay; SAT_LOGLEVEL or DS_ACCELERATOR set by
+    the user win (SAT_LOGLEVEL=INFO brings the notices back)."""
+    os.environ.setdefault("SAT_LOGLEVEL", "WARNING")
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command in LAUNCHING_COMMANDS:
+        quiet_notices()
     try:
         args.func(args)
     except (ValueError, KeyError, OSError, RuntimeError) as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sat_ehft.atomic import atomic_dir, load_tensors
+from sat_ehft.atomic import atomic_dir, load_tensors, read_json
 
 SUPPORTED_TYPES = ("roberta", "bert")
 # Parts of HF checkpoints that a backbone does not use: pooler, LM heads, classifiers, buffers.
@@ -30,7 +30,7 @@ TOKENIZER_SUBDIR = "tokenizer"
 
 def read_hf_config(folder):
     path = Path(folder) / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path)
     kind = config.get("model_type")
     if kind not in SUPPORTED_TYPES:
         raise ValueError(f"{path}: model_type '{kind}' is not supported; expected one of {SUPPORTED_TYPES}")
@@ -250,6 +250,7 @@ def cache_root():
 def cached_conversion(hf_dir, root=None):
     """The SAT folder converted from `hf_dir`, converting once and reusing it while the source is unchanged."""
     hf_dir = Path(hf_dir).resolve()
+    read_hf_config(hf_dir)  # another architecture is named before its weights are looked for
     weights = hf_weights_file(hf_dir)
     stat = weights.stat()
     fingerprint = (f"{CONVERSION_FORMAT}|{hf_dir}|{(hf_dir / 'config.json').read_bytes()!r}|{stat.st_size}|"

@@ -5,20 +5,36 @@ checkpoints every `checkpoint_minutes` of its wall time and once more at its end
 as slow as the measured ones; set-up (loading the model, encoding or reading the data) does not grow.
 """
 
-import json
 import math
 from pathlib import Path
 
+from sat_ehft.atomic import read_json
 from sat_ehft.config import evaluated_epochs, load_config
 from sat_ehft.methods import get_method
 
 
 def stage_costs(run_folder):
-    """(run.json, [done.json of each stage, in order]) of a finished run."""
+    """(run.json, [done.json of each stage, in order]) of a finished run, each done.json written by this run's
+    stage (where it records its origin) and holding a cost record."""
+    from sat_ehft.pipeline import origin_differences, read_spec, stage_origin
+
     run_folder = Path(run_folder)
-    recorded = json.loads((run_folder / "run.json").read_text(encoding="utf-8"))
-    stages = get_method(recorded["method"]).stages
-    return recorded, [json.loads((run_folder / s.name / "done.json").read_text(encoding="utf-8")) for s in stages]
+    recorded = read_json(run_folder / "run.json")
+    spec, dones = read_spec(recorded), []
+    for stage in get_method(recorded["method"]).stages:
+        path = run_folder / stage.name / "done.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; the run has not finished {stage.name} (rerun its training "
+                                    "command to finish it)")
+        done = read_json(path)
+        differing = origin_differences(done.get("origin") or {}, stage_origin(spec, stage))
+        if differing:
+            raise ValueError(f"{path}: written by another run ({'; '.join(differing)}); cost reads a run's own stages")
+        if "cost" not in done:
+            raise ValueError(f"{path}: has no cost record (the stage finished under a sat-ehft older than cost "
+                             "measurement); only runs trained since can be costed")
+        dones.append(done)
+    return recorded, dones
 
 
 def stage_figures(done, epochs, checkpoint_minutes, measured_every=1, eval_every=None):

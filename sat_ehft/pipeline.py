@@ -15,12 +15,14 @@ Run folder (the contract with everything that reads results):
   <stage>/dev_predictions.json gold labels and each evaluated epoch's dev predictions (report's bootstrap)
   <stage>/cost.json            seconds spent training, evaluating, checkpointing; checkpoint bytes (every start)
   <stage>/checkpoint/          the last resumable checkpoint (sat_ehft.checkpoints; removed when the stage ends)
-  <stage>/trained.pt           the stage's trained tensors (head weights and biases included) + backbone id + origin
+  <stage>/trained.pt           the stage's trained tensors (head weights and biases included), their digest, the
+                               backbone's id, the run and stage that trained them (origin)
   <stage>/best.pt              the final stage's best dev epoch's, as trained.pt, with its epoch (config save_best)
   <stage>/progress.log         a line per epoch (printed too where the output is no terminal)
   <stage>/done.json            best and last scores, epochs, LR, seconds, cost, fp16 steps skipped, where each rank
-                               ran: the stage is finished
-  model/                       the final classifier as a SAT checkpoint folder (config save_model)
+                               ran, origin: the stage is finished
+  model/                       the final classifier as a SAT checkpoint folder (config save_model), with
+                               trained_by.json: its origin and its tensors' digest
   result.json                  the final stage's best and last scores, the seed, every stage's summary
 """
 
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 
 from sat_ehft import checkpoints
-from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, read_json, write_json
+from sat_ehft.atomic import atomic_dir, atomic_path, load_tensors, read_json, tensors_digest, write_json
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.convert import HF_ORIGIN_SUBDIR, TOKENIZER_SUBDIR, copy_tokenizer_files, write_sat_checkpoint
@@ -191,8 +193,10 @@ def load_carried(model, path, carries, fingerprint, origin, config):
 def load_trained(path, origin=None):
     """A stage's trained.pt (or best.pt); unreadable, it names itself and how to get a good one. Given `origin`
     (stage_origin of the run and stage that should have trained it), one trained by another run is refused."""
-    saved = load_tensors(path, f"delete the folder {Path(path).parent} and rerun the training command: that stage "
-                         "is trained again")
+    advice = f"delete the folder {Path(path).parent} and rerun the training command: that stage is trained again"
+    saved = load_tensors(path, advice)
+    if "digest" in saved and tensors_digest(saved["tensors"]) != saved["digest"]:
+        raise ValueError(f"{path}: damaged: its tensors differ from the ones written (their SHA-256 digest); {advice}")
     differing = [] if origin is None else origin_differences(saved.get("origin") or {}, origin)
     if differing:
         raise ValueError(f"{path}: trained by another run ({'; '.join(differing)}); a run only uses what its own "
@@ -227,7 +231,8 @@ def trained_tensors(model, trainable):
 
 def write_trained(tensors, fingerprint, origin, path, **extra):
     with atomic_path(path) as tmp:
-        torch.save({"tensors": tensors, "backbone": fingerprint, "origin": origin, **extra}, tmp)
+        torch.save({"tensors": tensors, "digest": tensors_digest(tensors), "backbone": fingerprint, "origin": origin,
+                    **extra}, tmp)
 
 
 def best_keeper(ready, spec, stage, folder):
@@ -251,15 +256,41 @@ def check_best(folder, done):
               "the run keeps its last epoch's weights only", file=sys.stderr, flush=True)
 
 
-def save_model(model, backbone, folder):
+MODEL_ORIGIN = "trained_by.json"
+
+
+def saved_state(model):
+    """The model's state as save_model writes it: floating tensors in fp32, on the host."""
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
+
+
+def save_model(model, backbone, folder, origin):
     """The classifier as a SAT checkpoint folder that SAT's AutoModel (after importing sat_ehft.backbone) loads,
-    with the backbone's tokenizer files and what it kept of its Hugging Face source (for sat-ehft export)."""
-    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
+    with the backbone's tokenizer files, what it kept of its Hugging Face source (for sat-ehft export), and
+    trained_by.json: the run and stage that trained it (`origin`) and its tensors' digest."""
+    state = saved_state(model)
     with atomic_dir(folder) as tmp:
         write_sat_checkpoint(tmp, backbone.config, state)
+        write_json(tmp / MODEL_ORIGIN, {"origin": origin, "digest": tensors_digest(state)})
         copy_tokenizer_files(tokenizer_folder(backbone.folder), tmp / TOKENIZER_SUBDIR)
         if (backbone.folder / HF_ORIGIN_SUBDIR).is_dir():
             shutil.copytree(backbone.folder / HF_ORIGIN_SUBDIR, tmp / HF_ORIGIN_SUBDIR)
+
+
+def check_saved_model(folder, model, origin):
+    """A RUN/model folder loaded as `model` must have been trained by `origin` (stage_origin of its run's final
+    stage) and hold the tensors it was saved with. Folders saved before trained_by.json existed are trusted."""
+    path = Path(folder) / MODEL_ORIGIN
+    if not path.is_file():
+        return
+    recorded = read_json(path)
+    differing = origin_differences(recorded["origin"], origin)
+    if differing:
+        raise ValueError(f"{folder}: trained by another run ({'; '.join(differing)}); a run only uses what its own "
+                         "stages trained")
+    if tensors_digest(saved_state(model)) != recorded["digest"]:
+        raise ValueError(f"{folder}: damaged: its tensors differ from the ones saved (their SHA-256 digest, "
+                         f"{path.name}); delete it and use --weights best, or the stage's trained.pt")
 
 
 def summarize(task, records, config):
@@ -349,7 +380,7 @@ def run_stage(spec, out, index):
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
             "precision": resolve_precision(spec.config.precision), "skipped_steps": skipped_steps(records),
-            "ranks": layout(),
+            "ranks": layout(), "origin": stage_origin(spec, stage),
             "seconds": round(time.perf_counter() - started, 2),
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
             **ready.reported, **summarize(task, records, spec.config)}
@@ -358,7 +389,7 @@ def run_stage(spec, out, index):
                       stage_origin(spec, stage), folder / "trained.pt")
         check_best(folder, done)
         if spec.config.save_model and final:
-            save_model(ready.model, ready.backbone, Path(out) / "model")
+            save_model(ready.model, ready.backbone, Path(out) / "model", stage_origin(spec, stage))
         write_json(folder / "done.json", done)
         checkpoints.remove_resumable(files.checkpoints)
     barrier()

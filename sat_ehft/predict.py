@@ -22,7 +22,8 @@ import torch
 from sat_ehft import metrics, objective
 from sat_ehft.atomic import write_text
 from sat_ehft.methods import get_method
-from sat_ehft.pipeline import BEST_WEIGHTS, read_run, rebuild_stage_model, run_encoding, stage_done
+from sat_ehft.pipeline import (BEST_WEIGHTS, check_saved_model, read_run, rebuild_stage_model, run_encoding, stage_done,
+                              stage_origin)
 from sat_ehft.tasks import DataError, encode_examples, get_task
 from sat_ehft.precision import resolve_precision
 from sat_ehft.runspec import WEIGHTS
@@ -87,6 +88,7 @@ def load_classifier(out, weights="best"):
     elif saved.is_dir():
         backbone = load_sat_folder(saved)
         model, source = backbone.model.eval(), saved
+        check_saved_model(saved, model, stage_origin(spec, final))
         model.unpad = spec.config.unpad
         # Folders saved before the tokenizer was copied beside the weights use the run's backbone's.
         tokenizer = load_model_tokenizer(saved if (saved / TOKENIZER_SUBDIR).is_dir() else spec.model)

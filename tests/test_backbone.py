@@ -146,3 +146,18 @@ def test_model_names_fail_fast_offline(name):
 def test_missing_local_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_backbone(tmp_path / "nope")
+
+
+def test_a_folder_of_another_architecture_is_named_as_such_before_its_weights_are_looked_for(tmp_path):
+    """A folder holding only a GPT-2 config.json was reported as missing model.safetensors; and a damaged
+    config.json gives an error naming it."""
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12, "vocab_size": 50257}))
+    with pytest.raises(ValueError, match=f"{folder / 'config.json'}: model_type 'gpt2' is not supported; expected "
+                                         r"one of \('roberta', 'bert'\)"):
+        load_backbone(folder, cache_dir=tmp_path / "cache")
+    (folder / "config.json").write_text('{"model_type": "bert", ')
+    with pytest.raises(ValueError, match=f"{folder / 'config.json'}: damaged, not valid JSON"):
+        load_backbone(folder, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

@@ -157,6 +157,22 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def whole_and_cut_after_epoch2(tmp_path, rte_features, pad):
+    """An uninterrupted run's records, and the checkpoint folder of run "cut", interrupted after epoch 2."""
+    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
+    with pytest.raises(Interrupted):
+        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
+    return whole_records, tmp_path / "cut" / "checkpoint"
+
+
+def resume_cut(tmp_path, rte_features, pad, capsys):
+    """Run "cut" again: (its model, the epochs it trained, its records, what it printed)."""
+    capsys.readouterr()
+    trained = []
+    model, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
+    return model, trained, records, capsys.readouterr().out
+
+
 def test_a_broken_checkpoint_is_set_aside_and_the_stage_resumes_from_the_last_whole_one(tmp_path, rte_features,
                                                                                        minilm_tokenizer, capsys):
     pad = minilm_tokenizer.pad_token_id
@@ -164,10 +180,7 @@ def test_a_broken_checkpoint_is_set_aside_and_the_stage_resumes_from_the_last_wh
     folder = interrupted_twice(tmp_path, rte_features, pad)
     (folder / "latest").write_text("")  # DeepSpeed's pointer, emptied by a crash: not needed to resume
     truncate(folder / "epoch2" / "mp_rank_00_model_states.pt")  # a power loss after the rename (no fsync)
-    capsys.readouterr()
-    trained = []
-    resumed, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
-    out = capsys.readouterr().out
+    resumed, trained, records, out = resume_cut(tmp_path, rte_features, pad, capsys)
     assert f"{folder / 'epoch2'}: not a whole checkpoint (mp_rank_00_model_states.pt has" in out
     assert f"moved to {folder / 'epoch2.broken'}" in out and "cut: resumed after epoch 1" in out
     assert trained == [2, 3] and records == whole_records
@@ -177,11 +190,7 @@ def test_a_broken_checkpoint_is_set_aside_and_the_stage_resumes_from_the_last_wh
 
 
 def test_an_unreadable_only_checkpoint_restarts_the_stage(tmp_path, rte_features, minilm_tokenizer, capsys):
-    pad = minilm_tokenizer.pad_token_id
-    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
-    with pytest.raises(Interrupted):
-        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
-    folder = tmp_path / "cut" / "checkpoint"
+    whole_records, folder = whole_and_cut_after_epoch2(tmp_path, rte_features, minilm_tokenizer.pad_token_id)
     (folder / "latest").write_text("epoch7\n")  # names a missing tag
     states = folder / "epoch2" / "mp_rank_00_model_states.pt"
     truncate(states)
@@ -189,10 +198,8 @@ def test_an_unreadable_only_checkpoint_restarts_the_stage(tmp_path, rte_features
     manifest["files"][states.name] = states.stat().st_size  # the size matches: only reading it shows the damage
     del manifest["sha256"]  # as an older version's manifest
     (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
-    capsys.readouterr()
-    trained = []
-    _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
-    assert "mp_rank_00_model_states.pt is unreadable" in capsys.readouterr().out
+    _, trained, records, out = resume_cut(tmp_path, rte_features, minilm_tokenizer.pad_token_id, capsys)
+    assert "mp_rank_00_model_states.pt is unreadable" in out
     assert trained == [1, 2, 3] and records == whole_records
 
 
@@ -200,20 +207,13 @@ def test_a_checkpoint_changed_at_the_same_size_is_set_aside(tmp_path, rte_featur
     """Bytes inside the largest tensor record overwritten with 1e30 at the same size (bit rot) resumed silently
     and reached the final weights. The manifest's SHA-256 finds it: set aside, and the stage trains again from
     the start (it had no other checkpoint)."""
-    pad = minilm_tokenizer.pad_token_id
-    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
-    with pytest.raises(Interrupted):
-        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
-    folder = tmp_path / "cut" / "checkpoint"
+    whole_records, folder = whole_and_cut_after_epoch2(tmp_path, rte_features, minilm_tokenizer.pad_token_id)
     states = max((folder / "epoch2").glob("*.pt"), key=lambda path: path.stat().st_size)
     data = bytearray(states.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 4096] = torch.full((1024,), 1e30).numpy().tobytes()
     states.write_bytes(bytes(data))
-    capsys.readouterr()
-    trained = []
-    _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
-    out = capsys.readouterr().out
+    _, trained, records, out = resume_cut(tmp_path, rte_features, minilm_tokenizer.pad_token_id, capsys)
     assert f"{states.name} does not match its SHA-256 in the manifest (changed after it was written)" in out
     assert trained == [1, 2, 3] and records == whole_records
     assert (folder / "epoch2.broken" / states.name).read_bytes() == bytes(data)
@@ -222,11 +222,7 @@ def test_a_checkpoint_changed_at_the_same_size_is_set_aside(tmp_path, rte_featur
 def test_a_checkpoint_without_a_trained_tensor_is_refused_naming_it(tmp_path, rte_features, minilm_tokenizer, capsys):
     """Loading is not strict (frozen tensors are not saved), so a missing trained tensor would silently keep its
     initial value: such a checkpoint is set aside with the tensor's name, and the stage trains again."""
-    pad = minilm_tokenizer.pad_token_id
-    _, whole_records = run_ft(tmp_path, rte_features, pad, "whole")
-    with pytest.raises(Interrupted):
-        run_ft(tmp_path, rte_features, pad, "cut", callbacks=[interrupt_after(2)])
-    folder = tmp_path / "cut" / "checkpoint"
+    whole_records, folder = whole_and_cut_after_epoch2(tmp_path, rte_features, minilm_tokenizer.pad_token_id)
     states = folder / "epoch2" / "mp_rank_00_model_states.pt"
     saved = checkpoints.safe_load(states)
     del saved["module"]["mixins.head.out.bias"]
@@ -235,10 +231,7 @@ def test_a_checkpoint_without_a_trained_tensor_is_refused_naming_it(tmp_path, rt
     manifest["files"][states.name] = states.stat().st_size  # size and checksum agree: only the content is short
     manifest["sha256"][states.name] = file_sha256(states)
     (folder / "epoch2" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
-    capsys.readouterr()
-    trained = []
-    _, records = run_ft(tmp_path, rte_features, pad, "cut", callbacks=[lambda m, r: trained.append(r["epoch"])])
-    out = capsys.readouterr().out
+    _, trained, records, out = resume_cut(tmp_path, rte_features, minilm_tokenizer.pad_token_id, capsys)
     assert f"{folder / 'epoch2'}: not a whole checkpoint (lacks trained tensors ['mixins.head.out.bias'])" in out
     assert trained == [1, 2, 3] and records == whole_records
 
@@ -271,14 +264,33 @@ def test_a_full_disk_during_a_checkpoint_says_where_keeps_the_last_one_and_a_rer
     assert "cut: resumed after epoch 1" in capsys.readouterr().out and records == whole_records
 
 
-def test_a_full_disk_during_an_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path):
+def test_a_full_disk_during_an_atomic_write_names_the_file_keeps_the_old_one_and_frees_the_new_ones_space(tmp_path):
+    """As torch.save fails on a full disk: its writer, in the frame of a first error, holds the file open while a
+    second error ('unexpected pos') is raised. The message read 0 MiB free while that handle kept the deleted
+    file's space taken; now the handle is released and the message says how much the write took."""
     path = tmp_path / "trained.pt"
     path.write_bytes(b"the previous file")
+
+    def torch_save_on_a_full_disk(target):
+        try:
+            writer = open(target, "wb")  # noqa: SIM115 (held open by the frame, as torch's writer is)
+            writer.write(b"\0" * 3 * 2 ** 20)
+            writer.flush()
+            raise RuntimeError("basic_ios::clear: iostream error")
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 534")
+
     with pytest.raises(OSError) as failure:
-        with atomic_path(path):
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 1000")
+        with atomic_path(path) as tmp:
+            torch_save_on_a_full_disk(tmp)
     assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(path)
     assert path.read_bytes() == b"the previous file" and os.listdir(tmp_path) == ["trained.pt"]
+    open_files = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [name for name in open_files if str(tmp_path) in name]  # the deleted temp file is closed
+    assert error_message(failure.value).startswith(f"{path}: No space left on device (") and \
+        "MiB free there now; the write failed after 3 MiB: it needs more; free some and rerun)" in \
+        error_message(failure.value)
 
 
 def test_the_best_epochs_weights_are_kept_and_written_with_the_checkpoint_after_them(tmp_path, rte_features,

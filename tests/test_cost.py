@@ -56,3 +56,25 @@ def test_a_finished_run_is_summed_over_its_stages_and_projected_as_the_method_sp
     assert f"| {run_figures(folder, 60, eval_every=2)['eval_seconds']:.0f} |" in row
     with pytest.raises(SystemExit):
         main(["cost", str(folder), "--eval-every", "0"])
+
+
+def test_cost_refuses_another_runs_done_json_and_names_a_stage_finished_before_costs_were_measured(tmp_path, tiny_bert,
+                                                                                                 rte_dir, capsys):
+    """A done.json swapped in from another run was costed as this run's; one written before cost was measured
+    (an older sat-ehft) failed as `error: cost`."""
+    folder = tmp_path / "run"
+    run(spec_for("ehft-bitfit", tiny_bert, rte_dir, epochs=2), folder, log=lambda line: None)
+    done_path = folder / "stage2" / "done.json"
+    done = json.loads(done_path.read_text())
+    assert done["origin"]["seed"] == 3 and done["origin"]["stage"] == "stage2"
+    swapped = {**done, "origin": {**done["origin"], "seed": 4}}  # another seed's stage2, as that run wrote it
+    done_path.write_text(json.dumps(swapped))
+    assert main(["cost", str(folder)]) == 2
+    assert f"error: {done_path}: written by another run (seed 4, not 3)" in capsys.readouterr().err
+    older = {key: value for key, value in done.items() if key not in ("origin", "cost")}
+    done_path.write_text(json.dumps(older))
+    assert main(["cost", str(folder)]) == 2
+    assert f"error: {done_path}: has no cost record" in capsys.readouterr().err
+    (folder / "stage2" / "done.json").unlink()
+    assert main(["cost", str(folder)]) == 2
+    assert f"error: {done_path}: missing; the run has not finished stage2" in capsys.readouterr().err

@@ -30,12 +30,14 @@ def launch_env(**extra):
 
 def test_ehft_rte_script_runs_both_stages_and_skips_them_when_rerun(tmp_path, tiny_bert, rte_dir):
     """Also: DeepSpeed's shared-memory op is not built, so the lock of a build killed midway (here a stale one in
-    an empty extensions folder) cannot stop a launch; done.json counts the time from launch to the first step."""
+    an empty extensions folder) cannot stop a launch; done.json counts the time from launch to the first step;
+    SAT's and DeepSpeed's notices are not printed."""
     extensions = tmp_path / "torch_extensions"
     (extensions / "deepspeed_shm_comm").mkdir(parents=True)
     (extensions / "deepspeed_shm_comm" / "lock").touch()
     env = launch_env(MODEL=str(tiny_bert), DATA_DIR=str(rte_dir), OUT=str(tmp_path / "run"), NUM_GPUS="0",
                      SEED="2", SET=SMALL, TORCH_EXTENSIONS_DIR=str(extensions))
+    del env["DS_ACCELERATOR"]  # as a user's: sat-ehft chooses DeepSpeed's CPU accelerator, quietly
     launched = time.monotonic()
     first = subprocess.run(["bash", "finetune_scripts/ehft_rte.sh"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=600)
@@ -43,6 +45,8 @@ def test_ehft_rte_script_runs_both_stages_and_skips_them_when_rerun(tmp_path, ti
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stage 1 of 2" in first.stdout and "stage 2 of 2" in first.stdout
     assert "shm_comm" not in first.stdout + first.stderr and os.listdir(extensions / "deepspeed_shm_comm") == ["lock"]
+    # no screen of notices before the run's own lines: SAT's INFO lines, DeepSpeed's "no GPU found"
+    assert not [line for line in first.stderr.splitlines() if "[INFO]" in line or "Setting accelerator" in line]
     costs = [json.loads((tmp_path / "run" / stage / "done.json").read_text())["cost"] for stage in ("stage1", "stage2")]
     assert all(0 < cost["setup_seconds"] < cost["startup_seconds"] for cost in costs)
     assert sum(cost["startup_seconds"] + cost["train_seconds"] for cost in costs) < took

@@ -276,6 +276,11 @@ def test_a_same_shaped_head_from_another_run_is_refused(tmp_path, tiny_bert, rte
     (tmp_path / "seed5" / "stage1" / "trained.pt").write_bytes((tmp_path / "seed3" / "stage1" / "trained.pt").read_bytes())
     with pytest.raises(ValueError, match=r"trained by another run \(seed 3, not 5\)"):
         run(other_seed, tmp_path / "seed5", stage_number=2, log=lambda line: None)
+    # a Stage 1 of an older sat-ehft, which recorded no origin and no digest, is used (the README's upgrade promise)
+    saved = torch.load(tmp_path / "seed3" / "stage1" / "trained.pt", weights_only=True)
+    torch.save({"tensors": saved["tensors"], "backbone": saved["backbone"]}, tmp_path / "seed5" / "stage1" / "trained.pt")
+    result = run(other_seed, tmp_path / "seed5", stage_number=2, log=lambda line: None)
+    assert result["seed"] == 5 and list(result["stages"]) == ["stage1", "stage2"]
 
 
 def test_a_failed_first_start_leaves_the_folder_free(tmp_path, tiny_bert, rte_dir):

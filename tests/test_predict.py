@@ -3,6 +3,7 @@ files, written as jsonl or as the GLUE/SuperGLUE servers' files."""
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -212,21 +213,45 @@ def test_leaderboard_files_have_the_servers_format(tmp_path, name):
 
 
 def test_weights_trained_by_another_run_are_refused_by_predict_and_export(tmp_path, tiny_bert, rte_dir):
-    """Another run's trained.pt or best.pt swapped into a run folder (same task, method and seed; another lr) was
-    used, and its export carried this run's card. Each weights file records the run that trained it."""
+    """Another run's best.pt, model/ or trained.pt swapped into a run folder (same task, method and seed; another
+    lr) was used, and its export carried this run's card. Each weights file records the run that trained it."""
     from sat_ehft.export import export_run
 
     for name, lr in (("mine", 1e-3), ("other", 2e-3)):
-        run(RunSpec("rte", "ft", str(tiny_bert), str(rte_dir), 2, Config(**{**CONFIG.__dict__, "lr": lr, "epochs": 1})),
-            tmp_path / name, log=lambda line: None)
-    for weights, file in (("last", "trained.pt"), ("best", "best.pt")):
-        (tmp_path / "mine" / "train" / file).write_bytes((tmp_path / "other" / "train" / file).read_bytes())
-        with pytest.raises(ValueError, match=f"{tmp_path}/mine/train/{file}: trained by another run \\(differs in "
-                                              "config.lr\\); a run only uses what its own stages trained"):
-            load_classifier(tmp_path / "mine", weights)
+        config = Config(**{**CONFIG.__dict__, "lr": lr, "epochs": 1, "save_model": True})
+        run(RunSpec("rte", "ft", str(tiny_bert), str(rte_dir), 2, config), tmp_path / name, log=lambda line: None)
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    # best: best.pt; last: model/ where the run saved it, else trained.pt
+    for weights, path in (("last", "model"), ("best", "train/best.pt"), ("last", "train/trained.pt")):
+        shutil.rmtree(mine / "model", ignore_errors=True)  # "last" reads trained.pt where there is no model/
+        if path == "model":
+            shutil.copytree(other / path, mine / path)
+        else:
+            (mine / path).write_bytes((other / path).read_bytes())
+        with pytest.raises(ValueError, match=f"{mine / path}: trained by another run \\(differs in config.lr\\); a "
+                                             "run only uses what its own stages trained"):
+            load_classifier(mine, weights)
         with pytest.raises(ValueError, match="trained by another run"):
-            export_run(tmp_path / "mine", tmp_path / f"hf-{weights}", weights)
+            export_run(mine, tmp_path / f"hf-{weights}", weights)
         assert not (tmp_path / f"hf-{weights}").exists()
+
+
+def test_weights_changed_after_they_were_written_are_refused(runs, tmp_path):
+    """A same-size change inside a trained.pt, best.pt or model/ (bit rot, a careless edit) went unnoticed: each
+    records its tensors' digest, which every reader checks."""
+    folder = tmp_path / "cb"
+    shutil.copytree(runs["cb"], folder)  # FT with save_model: best.pt, model/ and trained.pt
+    for weights, path in (("best", "train/best.pt"), ("last", "model/1/mp_rank_00_model_states.pt"),
+                          ("last", "train/trained.pt")):
+        saved = torch.load(folder / path, weights_only=True)
+        tensors = saved["module" if path.startswith("model") else "tensors"]
+        tensors["mixins.head.dense.weight"][0, 0] += 1e-3
+        torch.save(saved, folder / path)
+        damaged = folder / ("model" if path.startswith("model") else path)
+        with pytest.raises(ValueError, match=f"{damaged}: damaged: its tensors differ from the ones"):
+            load_classifier(folder, weights)
+        if path.startswith("model"):
+            shutil.rmtree(folder / "model")  # so that "last" reads trained.pt next
 
 
 def test_predictions_of_one_class_for_every_example_are_flagged_on_the_console(tmp_path, capsys, monkeypatch):
