@@ -22,7 +22,6 @@ a task gets its difference from the baseline over seeds, with a 95% interval and
 
 import csv
 import io
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -40,12 +39,14 @@ COMPARED = ("best", "last")  # the scores compared with a baseline: chosen on de
 
 
 def collect(out, unreadable):
-    """One row per finished run under `out`: task, label, seed and its scores (x 100). A damaged result.json is
-    added to `unreadable` (its path and why) instead: one bad file does not stop the grid's report."""
+    """One row per finished run under `out`: task, label, seed and its scores (x 100). A damaged result.json or
+    dev_predictions.json is added to `unreadable` (its path and why) instead: one bad file does not stop the
+    grid's report."""
     rows = []
     for path in sorted(Path(out).rglob("result.json")):
         try:
             result = read_json(path)
+            intervals = dev_intervals(path.parent, result)
         except ValueError as err:
             unreadable.append(str(err))
             continue
@@ -56,7 +57,7 @@ def collect(out, unreadable):
                      "seconds": sum(stage["seconds"] for stage in result["stages"].values()),
                      "collapsed": bool(result.get("collapsed")),
                      "train_accuracy": final_train_accuracy(result),
-                     **{score: 100 * result[score] for score in SCORES}, **dev_intervals(path.parent, result)})
+                     **{score: 100 * result[score] for score in SCORES}, **intervals})
     return rows
 
 
@@ -82,7 +83,7 @@ def dev_intervals(folder, result):
     path = Path(folder) / final / "dev_predictions.json"
     if not path.is_file():
         return {f"{score}_interval": None for score in COMPARED}
-    kept = json.loads(path.read_text(encoding="utf-8"))
+    kept = read_json(path)
     intervals = {}
     for score in COMPARED:
         predictions = kept["epochs"][str(result["stages"][final][score]["epoch"])]

@@ -228,8 +228,8 @@ def test_a_baseline_without_runs_is_refused_naming_the_methods_there(tmp_path):
 
 
 def test_a_damaged_result_is_named_and_left_out_and_a_mistyped_folder_is_refused(tmp_path, capsys):
-    """A truncated result.json stopped the whole grid's report with a bare JSON message; now the report names
-    it, leaves that run out and reports the rest. A grid folder that does not exist is refused, not created."""
+    """A truncated result.json (or dev_predictions.json) stopped the whole grid's report with a bare JSON
+    message; now the report names it, leaves that run out and reports the rest. A grid folder that does not exist is refused, not created."""
     write_result(tmp_path / "grid", "rte", "ft", 1, 60.0)
     write_result(tmp_path / "grid", "rte", "ft", 2, 70.0)
     damaged = tmp_path / "grid" / "rte" / "ft" / "seed2" / "result.json"
@@ -239,6 +239,12 @@ def test_a_damaged_result_is_named_and_left_out_and_a_mistyped_folder_is_refused
     problem = f"{damaged}: damaged, not valid JSON ("
     assert f"warning: {problem}" in capsys.readouterr().err
     assert f"## Unreadable runs\n\n- {problem}" in (tmp_path / "grid" / "report.md").read_text()
+    rng = np.random.default_rng(0)
+    write_run_with_predictions(tmp_path / "grid", "rte", "ehft-bitfit", 1, 0.7, 0.6, rng, rng.integers(0, 2, 20))
+    predictions = tmp_path / "grid" / "rte" / "ehft-bitfit" / "seed1" / "stage2" / "dev_predictions.json"
+    predictions.write_text(predictions.read_text()[:25])
+    assert [row["method"] for row in write_report(tmp_path / "grid")] == ["ft"]
+    assert f"- {predictions}: damaged, not valid JSON (" in (tmp_path / "grid" / "report.md").read_text()
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/gird: no such folder"):
         write_report(tmp_path / "gird")
     assert not (tmp_path / "gird").exists()
