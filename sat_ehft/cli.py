@@ -91,12 +91,16 @@ def cmd_train(args):
 
 
 def cmd_predict(args):
+    from sat_ehft.pipeline import refuse_links
     from sat_ehft.predict import default_output, load_classifier, predict, read_examples, run_spec, write_predictions
 
+    out = args.out or default_output(args.run, args.split, args.format)
+    if os.path.abspath(out).startswith(os.path.abspath(args.run) + os.sep):
+        refuse_links(args.run)  # never write through a link out of the run folder
     examples = read_examples(run_spec(args.run), args.split, args.data_dir, args.hub)  # before the model loads
     classifier = load_classifier(args.run, args.weights)
     predictions = predict(classifier, args.split, examples=examples)
-    path = write_predictions(predictions, args.out or default_output(args.run, args.split, args.format), args.format)
+    path = write_predictions(predictions, out, args.format)
     print(f"{classifier.spec.task} {args.split}: {len(predictions.examples)} predictions of {classifier.source}, "
           f"{classifier.weights} weights, written to {path}")
     if predictions.metrics:

@@ -143,6 +143,16 @@ def test_cli_predicts_a_label_less_test_file_as_a_leaderboard_file(runs, tmp_pat
     assert main(["predict", str(runs["rte"])]) == 0  # dev, jsonl, into the run folder
     assert "metrics: accuracy" in capsys.readouterr().out
     assert len((runs["rte"] / "predictions" / "dev.jsonl").read_text().splitlines()) == len(dev)
+    # RUN/leaderboard a link to another folder: predict refuses to write through it, before loading anything
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (runs["rte"] / "leaderboard").symlink_to(elsewhere)
+    try:
+        assert main(["predict", str(runs["rte"]), "--format", "leaderboard"]) == 2
+    finally:
+        (runs["rte"] / "leaderboard").unlink()
+    assert f"{runs['rte']}: holds symbolic links ({runs['rte'] / 'leaderboard'})" in capsys.readouterr().err
+    assert not list(elsewhere.iterdir())
 
 
 def test_an_unfinished_run_is_refused(tmp_path, tiny_bert, rte_dir):
