@@ -195,13 +195,21 @@ def load_trained(path, origin=None):
     (stage_origin of the run and stage that should have trained it), one trained by another run is refused."""
     advice = f"delete the folder {Path(path).parent} and rerun the training command: that stage is trained again"
     saved = load_tensors(path, advice)
-    if "digest" in saved and tensors_digest(saved["tensors"]) != saved["digest"]:
-        raise ValueError(f"{path}: damaged: its tensors differ from the ones written (their SHA-256 digest); {advice}")
-    differing = [] if origin is None else origin_differences(saved.get("origin") or {}, origin)
-    if differing:
-        raise ValueError(f"{path}: trained by another run ({'; '.join(differing)}); a run only uses what its own "
-                         "stages trained")
+    check_trained_by(path, saved, saved["tensors"], origin, advice)
     return saved
+
+
+def check_trained_by(source, recorded, tensors, origin, advice):
+    """Weights (`source`: a trained.pt, best.pt or model/ folder holding `tensors`) must hold the tensors their
+    record's digest was taken of and, given `origin`, come from that run and stage. Files of older versions,
+    which record no digest or origin, are checked on what they record."""
+    if "digest" in recorded and tensors_digest(tensors) != recorded["digest"]:
+        raise ValueError(f"{source}: damaged: its tensors differ from the ones written (their SHA-256 digest); "
+                         f"{advice}")
+    differing = [] if origin is None else origin_differences(recorded.get("origin") or {}, origin)
+    if differing:
+        raise ValueError(f"{source}: trained by another run ({'; '.join(differing)}); a run only uses what its own "
+                         "stages trained")
 
 
 def stage_origin(spec, stage):
@@ -281,16 +289,9 @@ def check_saved_model(folder, model, origin):
     """A RUN/model folder loaded as `model` must have been trained by `origin` (stage_origin of its run's final
     stage) and hold the tensors it was saved with. Folders saved before trained_by.json existed are trusted."""
     path = Path(folder) / MODEL_ORIGIN
-    if not path.is_file():
-        return
-    recorded = read_json(path)
-    differing = origin_differences(recorded["origin"], origin)
-    if differing:
-        raise ValueError(f"{folder}: trained by another run ({'; '.join(differing)}); a run only uses what its own "
-                         "stages trained")
-    if tensors_digest(saved_state(model)) != recorded["digest"]:
-        raise ValueError(f"{folder}: damaged: its tensors differ from the ones saved (their SHA-256 digest, "
-                         f"{path.name}); delete it and use --weights best, or the stage's trained.pt")
+    if path.is_file():
+        check_trained_by(folder, read_json(path), saved_state(model), origin,
+                         "delete it and use --weights best, or the stage's trained.pt")
 
 
 def summarize(task, records, config):

@@ -229,7 +229,8 @@ def test_a_baseline_without_runs_is_refused_naming_the_methods_there(tmp_path):
 
 def test_a_damaged_result_is_named_and_left_out_and_a_mistyped_folder_is_refused(tmp_path, capsys):
     """A truncated result.json (or dev_predictions.json) stopped the whole grid's report with a bare JSON
-    message; now the report names it, leaves that run out and reports the rest. A grid folder that does not exist is refused, not created."""
+    message; now the report names it, leaves that run out and reports the rest. A grid folder that does not
+    exist is refused, not created."""
     write_result(tmp_path / "grid", "rte", "ft", 1, 60.0)
     write_result(tmp_path / "grid", "rte", "ft", 2, 70.0)
     damaged = tmp_path / "grid" / "rte" / "ft" / "seed2" / "result.json"
