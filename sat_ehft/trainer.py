@@ -422,6 +422,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     precision = resolve_precision(config.precision)
     backbone = ({n for n in trainable if is_backbone_parameter(n)}, precision)
     cost["startup_seconds"] = round(time.time() - launch_started(), 2)  # this start's, launch to first step
+    cost["cpu_threads"] = torch.get_num_threads()  # this start's: its seconds depend on them
     for round_index in range(progress.epoch, plan.rounds):  # progress.epoch: rounds done (epochs under reshuffle)
         started = time.perf_counter()
         skipped = engine.skipped_steps

@@ -48,8 +48,9 @@ def sweep_command(out, tiny_bert, data, configs):
             "--out", str(out), "--workers", "1"]
 
 
-def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_inputs):
-    """Killed after its first finished run, a sweep of 4 runs resumes the other 3 and keeps that one."""
+def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_inputs, monkeypatch):
+    """Killed after its first finished run, a sweep of 4 runs resumes the other 3 and keeps that one. The
+    resume runs 2 at once on CPU, each on half the cores."""
     data, configs = grid_inputs
     out = tmp_path / "grid"
     victim = subprocess.Popen(sweep_command(out, tiny_bert, data, configs), cwd=REPO, env=launch_env(),
@@ -64,10 +65,15 @@ def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_input
     runs = make_grid(["rte"], ["ft", "ehft-bitfit"], [1, 2])
     settings = GridSettings(model=str(tiny_bert), data_dir=str(data), config_dir=str(configs))
     lines = []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert run_grid(out, runs, settings, workers=2, log=lines.append) == []
     assert lines[0] == f"{len(finished)} of 4 runs already finished; {4 - len(finished)} to go"
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in finished.items())  # not rerun
     assert len(list(out.rglob("result.json"))) == 4
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
+    for done in out.rglob("done.json"):  # launch_env's one thread before the kill
+        resumed = done.parent.parent / "result.json" not in finished
+        assert json.loads(done.read_text())["cost"]["cpu_threads"] == (half if resumed else 1), done
 
     rows = write_report(out, table="1")
     for row in rows:
@@ -90,6 +96,31 @@ def test_sweep_killed_midway_resumes_and_reports(tmp_path, tiny_bert, grid_input
     markdown = (out / "report.md").read_text()
     assert "## Missing runs\n\nnone" in markdown and "- rte ehft-bitfit: 1, 2" in markdown
     assert (out / "report.csv").read_text().splitlines()[0].startswith("task,method,variant,metric,also,seeds,collapsed,train_accuracy,best_mean,best_std")
+
+
+def test_runs_at_once_on_cpu_share_the_cores_and_a_users_thread_setting_wins(tmp_path, tiny_bert, grid_inputs,
+                                                                             monkeypatch):
+    import sat_ehft.sweep as sweep
+
+    data, configs = grid_inputs
+    settings = GridSettings(model=str(tiny_bert), data_dir=str(data), config_dir=str(configs))
+    runs, seen = make_grid(["rte"], ["ft"], [1, 2, 3]), []
+    monkeypatch.setattr(sweep.subprocess, "call", lambda args, env, **kw: seen.append(env) or 1)
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    expected = {1: None, 2: "4", 3: "2"}
+    for workers, threads in expected.items():
+        seen.clear()
+        run_grid(tmp_path / f"cpu{workers}", runs, settings, workers=workers, devices=[], log=lambda line: None)
+        assert [env.get("OMP_NUM_THREADS") for env in seen] == [threads] * 3, workers
+    seen.clear()
+    run_grid(tmp_path / "gpus", runs, settings, workers=2, devices=[0, 1], log=lambda line: None)
+    assert sorted((env.get("OMP_NUM_THREADS"), env["CUDA_VISIBLE_DEVICES"]) for env in seen) == [
+        (None, "0"), (None, "0"), (None, "1")]  # a GPU run keeps torch's own threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    seen.clear()
+    run_grid(tmp_path / "user", runs, settings, workers=2, devices=[], log=lambda line: None)
+    assert [env["OMP_NUM_THREADS"] for env in seen] == ["3"] * 3
 
 
 def test_report_names_missing_runs(tmp_path, tiny_bert, grid_inputs):
