@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The converged MiniLM study committed in results/minilm-study (see its README): {CB, COPA, RTE, MRPC} x
 # {ft, lp-ft, ehft-bitfit, ehft-lora} x seeds 1-5 on all-MiniLM-L6-v2 with configs/minilm-study/, reported
-# against plain finetuning (`sat-ehft report --baseline ft`), with Figure 1 over every finished run.
+# against plain finetuning (`sat-ehft report --baseline ft`), with Figure 1 over every finished run and Figure 7
+# (training loss and accuracy) per task over seed 1 of each method.
 #   bash finetune_scripts/reproduce_minilm_study.sh           run (or resume) the grid, then collect
 #   bash finetune_scripts/reproduce_minilm_study.sh collect   only collect what has finished (e.g. before a stop)
 # Resumable across machines: the grid starts from the finished runs committed in RESULTS (their result.json;
@@ -23,6 +24,15 @@ collect() {
   sat-ehft report "$grid" --baseline ft
   bash "$here/collect_results.sh" "$grid" "$results"
   mkdir -p "$results/figure1" && cp "$grid"/figure1/* "$results/figure1/"
+  # Figure 7 per task: seed 1 of every finished method, the final stage's training loss and accuracy
+  local task runs
+  for task in $(cd "$grid" && find . -mindepth 3 -maxdepth 3 -path '*/seed1' | cut -d/ -f2 | sort -u); do
+    runs=$(find "$grid/$task" -mindepth 3 -maxdepth 3 -path '*/seed1/result.json' -printf '%h\n' | sort)
+    [ -n "$runs" ] || continue
+    # shellcheck disable=SC2086  # one folder per line
+    sat-ehft analyze 7 $runs --out "$grid/figure7/$task"
+    mkdir -p "$results/figure7/$task" && cp "$grid/figure7/$task"/* "$results/figure7/$task/"
+  done
 }
 if [ "${1:-run}" = collect ]; then collect; exit; fi
 if [ -d "$results/runs" ]; then  # finished runs committed by an earlier session, perhaps on another machine
