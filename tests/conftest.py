@@ -18,6 +18,25 @@ def offline_and_private_session_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def a_share_of_the_cores():
+    """Under pytest-xdist, each worker trains on its share of the cores (and so do the processes it starts), as
+    `sat-ehft sweep --workers` gives its runs: torch's threads on every core in each worker oversubscribe them,
+    and an in-process run beside another worker's launch then took 112 s instead of 18."""
+    from sat_ehft.sweep import cpu_threads_each
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers == 1:
+        yield
+        return
+    threads, before = cpu_threads_each(workers), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", str(threads))
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def offline_and_private_cache(tmp_path, monkeypatch):
     """Tests never reach a hub, and each test converts into its own cache."""
