@@ -8,7 +8,7 @@
 # Resumable across machines: the grid starts from the finished runs committed in RESULTS (their result.json;
 # sweep skips them), a killed run resumes from its checkpoint where GRID survived. Collecting computes each newly
 # finished run's Figure 1 numbers while its weights are there (RUN/feature_change.json), so the committed results
-# need none. About 16 hours on 2 CPU cores, alone.
+# need none. About 16 hours on 2 CPU cores one run at a time, about 12 two at once (WORKERS).
 # TASKS, METHODS and SEEDS narrow or widen it (tasks in this order); WORKERS [2] runs at once (on
 # CPU they share the cores: 1.3x the throughput of one run at a time on 2 cores); DATA_DIR [../shared/data];
 # GRID [runs/minilm-study] holds the run folders; RESULTS [results/minilm-study] gets the report, Figure 1 and
