@@ -21,8 +21,8 @@ def offline_and_private_session_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def a_share_of_the_cores():
     """Under pytest-xdist, each worker trains on its share of the cores (and so do the processes it starts), as
-    `sat-ehft sweep --workers` gives its runs: torch's threads on every core in each worker oversubscribe them,
-    and an in-process run beside another worker's launch then took 112 s instead of 18."""
+    `sat-ehft sweep --workers` gives its runs: torch's threads on every core in each worker oversubscribe them
+    (the suite took 761 s on two workers of two threads, 600 s of one, alone on 2 cores)."""
     from sat_ehft.sweep import cpu_threads_each
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
