@@ -3,9 +3,8 @@
 `run_grid` keeps `workers` runs going at once (one per GPU by default, pinned with
 CUDA_VISIBLE_DEVICES; on CPU, runs at once share the cores out), skips runs whose result.json exists,
 and goes on past a run that fails or is killed: calling it again resumes that run where its last
-checkpoint left it. For clusters,
-`write_launchers` writes the same grid as a Slurm job array and as DeepSpeed hostfile launches rather
-than inventing a scheduler.
+checkpoint left it. For clusters, `write_launchers` writes the same grid as a Slurm job array and as
+DeepSpeed hostfile launches rather than inventing a scheduler.
 """
 
 import itertools
