@@ -292,7 +292,8 @@ def build_parser():
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     sweep.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                        help="add a grid dimension over a config key (e.g. lora_r=8,16,32)")
-    sweep.add_argument("--workers", type=int, help="runs at once (default: one per visible GPU, else 1)")
+    sweep.add_argument("--workers", type=int, help="runs at once (default: one per visible GPU, else 1); without "
+                       "GPUs each gets cores/N threads unless OMP_NUM_THREADS is set")
     sweep.add_argument("--launchers", action="store_true",
                        help="write commands.txt, slurm.sbatch (and hostfile_launch.sh) instead of running")
     slurm = SlurmOptions()
