@@ -10,7 +10,7 @@
 # finished run's Figure 1 numbers while its weights are there (RUN/feature_change.json), so the committed results
 # need none. About 16 hours on 2 CPU cores one run at a time, about 12 two at once (WORKERS).
 # TASKS, METHODS and SEEDS narrow or widen it (tasks in this order); WORKERS [2] runs at once (on
-# CPU they share the cores: 1.3x the throughput of one run at a time on 2 cores); DATA_DIR [../shared/data];
+# CPU they share the cores: 1.3-1.4x the throughput of one run at a time on 2 cores); DATA_DIR [../shared/data];
 # GRID [runs/minilm-study] holds the run folders; RESULTS [results/minilm-study] gets the report, Figure 1 and
 # every finished run's result, run.json, logs, dev predictions and Figure 1 numbers (not the weights).
 set -euo pipefail
@@ -25,10 +25,11 @@ collect() {
   bash "$here/collect_results.sh" "$grid" "$results"
   mkdir -p "$results/figure1" && cp "$grid"/figure1/* "$results/figure1/"
   # Figure 7 per task: seed 1 of every finished method, the final stage's training loss and accuracy
-  local task runs
-  for task in $(cd "$grid" && find . -mindepth 3 -maxdepth 3 -path '*/seed1' | cut -d/ -f2 | sort -u); do
-    runs=$(find "$grid/$task" -mindepth 3 -maxdepth 3 -path '*/seed1/result.json' -printf '%h\n' | sort)
-    [ -n "$runs" ] || continue
+  local folder task runs
+  for folder in "$grid"/*/; do
+    runs=$(find "$folder" -mindepth 3 -maxdepth 3 -path '*/seed1/result.json' -printf '%h\n' | sort)
+    [ -n "$runs" ] || continue  # not a task's folder, or no seed 1 finished yet
+    task=$(basename "$folder")
     # shellcheck disable=SC2086  # one folder per line
     sat-ehft analyze 7 $runs --out "$grid/figure7/$task"
     mkdir -p "$results/figure7/$task" && cp "$grid/figure7/$task"/* "$results/figure7/$task/"
