@@ -55,6 +55,7 @@ def collect(out, unreadable):
                      "also": other_metrics(result), "variant": variant(result),
                      "reported": result.get("reported", "best"),
                      "seconds": sum(stage["seconds"] for stage in result["stages"].values()),
+                     "cpu_share": cpu_share(result),
                      "collapsed": bool(result.get("collapsed")),
                      "train_accuracy": final_train_accuracy(result),
                      **{score: 100 * result[score] for score in SCORES}, **intervals})
@@ -92,6 +93,17 @@ def dev_intervals(folder, result):
     return intervals
 
 
+def cpu_share(result):
+    """The CPU time a CPU run used training and evaluating over what its threads could have used in that wall
+    time, all stages together: about 1 alone on the machine, lower when other work shared its cores (its
+    seconds are then not the machine's speed). None for GPU runs and runs older than the record."""
+    costs = [stage.get("cost", {}) for stage in result["stages"].values()]
+    if not all("cpu_seconds" in cost for cost in costs):
+        return None
+    available = sum(cost["cpu_threads"] * (cost["train_seconds"] + cost["eval_seconds"]) for cost in costs)
+    return sum(cost["cpu_seconds"] for cost in costs) / available
+
+
 def final_train_accuracy(result):
     """The final stage's last-epoch training accuracy x 100; None for regression (and runs older than it)."""
     final = list(result["stages"].values())[-1]
@@ -127,6 +139,8 @@ def aggregate(rows):
         entry["dev_halfwidth"] = float(np.mean(widths)) if widths else None
         accuracies = [m["train_accuracy"] for m in members if m["train_accuracy"] is not None]
         entry["train_accuracy"] = float(np.mean(accuracies)) if accuracies else None
+        shares = [m["cpu_share"] for m in members if m["cpu_share"] is not None]
+        entry["cpu_share"] = (min(shares), max(shares)) if shares else None
         summary[key] = entry
     return summary
 
@@ -173,6 +187,8 @@ def report_rows(summary, table, baseline=None):
                      "seconds": round(entry["seconds"], 1),
                      # wall time against plain finetuning of the same task (the same total epochs)
                      "time_vs_ft": round(entry["seconds"] / ft["seconds"], 3) if ft else None,
+                     **{f"cpu_share_{end}": None if entry["cpu_share"] is None else round(entry["cpu_share"][i], 2)
+                        for i, end in enumerate(("min", "max"))},
                      "dev_halfwidth": None if entry["dev_halfwidth"] is None else round(entry["dev_halfwidth"], 2),
                      **against})
     return rows
@@ -205,8 +221,8 @@ def to_csv(rows):
 def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
     paper = f"paper (Table {table})" if table else "paper"
     lines = ["| task | method | metric | seeds | collapsed | train acc | best (mean ± std) | last (mean ± std) | "
-             f"max all stages | reported | {paper} | reported − paper | seconds | time / ft | dev ± | also at best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"max all stages | reported | {paper} | reported − paper | seconds | time / ft | cpu share | dev ± | also at best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = "" if row["reported_minus_paper"] is None else f"{row['reported_minus_paper']:+.2f}"
         reported = "max all stages" if row["reported"] == "max_over_all_stages" else row["reported"]
@@ -219,7 +235,7 @@ def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
                      f"{row['last_mean']:.2f} ± {row['last_std']:.2f} | "
                      f"{row['max_over_all_stages_mean']:.2f} | {reported} | {'' if row['paper'] is None else row['paper']} | "
                      f"{diff} | "
-                     f"{row['seconds']:.0f} | {versus_ft} | {halfwidth} | {row['also']} |")
+                     f"{row['seconds']:.0f} | {versus_ft} | {share_range(row)} | {halfwidth} | {row['also']} |")
     lines += ["", "best: the final stage's best epoch by the run's selection metric (config best_metric, by default the "
               "task's first); last: its last epoch; "
               "max all stages: the running maximum over every evaluation, Stage 1 included (what the original "
@@ -227,7 +243,9 @@ def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
               "where the runs trained with data_order original, as the original code, else best). Scores x 100; std "
               "over seeds (sample). seconds: mean wall time of a run, every "
               "stage included (model loading and evaluation too); time / ft: against plain finetuning of the "
-              "same task, which gets the same total epochs. collapsed: seeds whose best epoch predicted one class "
+              "same task, which gets the same total epochs; cpu share: of CPU runs, the CPU time a run used training "
+              "and evaluating over its threads x that wall time, lowest to highest over seeds (about 1 alone on "
+              "the machine; lower, its seconds were slowed by other work on its cores). collapsed: seeds whose best epoch predicted one class "
               "(or value) for every dev example; train acc: the final stage's training accuracy in its last epoch, "
               "mean over seeds. A searched method's paper score stands beside its best setting "
               "only. dev ±: half the width of a run's 95% bootstrap interval of its best score over the dev "
@@ -243,6 +261,11 @@ def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
     lines += [f"- {run.task} {run.label} seed {run.seed}" for run in missing] or ["none"]
     lines += ["", "## Unreadable runs", "", *[f"- {problem}" for problem in unreadable]] if unreadable else []
     return "\n".join(lines + ["", *run_lines(runs)]) + "\n"
+
+
+def share_range(row):
+    low, high = row["cpu_share_min"], row["cpu_share_max"]
+    return "" if low is None else f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}"
 
 
 def signed(value, digits=2):

@@ -288,12 +288,14 @@ class CheckpointPolicy:
         self.since = self.clock()
 
 
-def _read_cost(files):
-    """What the stage has cost so far, over every start (work a kill threw away cost time too)."""
+def _read_cost(files, on_cpu):
+    """What the stage has cost so far, over every start (work a kill threw away cost time too). On a CPU also
+    the CPU time its process used training and evaluating: against its threads x the wall time, how much of
+    the cores it got (a GPU run's host CPU time says nothing of its cost, so it has none)."""
     if files.cost.is_file():
         return json.loads(files.cost.read_text(encoding="utf-8"))
     return {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "checkpoint_bytes": 0,
-            "checkpoints": 0}
+            "checkpoints": 0, **({"cpu_seconds": 0.0} if on_cpu else {})}
 
 
 def _save(engine, files, progress, cost, best):
@@ -415,7 +417,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=deepspeed_config(config, world_size))
     gold = [f["label"] for f in dev_features]
-    progress, cost = _restore(engine, files, trainable, rank, gold), _read_cost(files)
+    progress, cost = _restore(engine, files, trainable, rank, gold), _read_cost(files, engine.device.type == "cpu")
     policy = CheckpointPolicy(config.checkpoint_minutes, plan.rounds, clock)
     trackers = Trackers(files, config, rank)
     step_losses = StepLosses(progress, trackers, files, config.log_every)
@@ -424,7 +426,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     cost["startup_seconds"] = round(time.time() - launch_started(), 2)  # this start's, launch to first step
     cost["cpu_threads"] = torch.get_num_threads()  # this start's: its seconds depend on them
     for round_index in range(progress.epoch, plan.rounds):  # progress.epoch: rounds done (epochs under reshuffle)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         skipped = engine.skipped_steps
         epoch = plan.epoch(round_index)
         training = _train_epoch(engine, plan.batches(round_index), task, step_losses,
@@ -440,6 +442,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                   **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
         cost["eval_seconds"] += time.perf_counter() - evaluated
+        if "cpu_seconds" in cost:  # absent on a GPU, and in a stage begun before it was recorded: part would mislead
+            cost["cpu_seconds"] += time.process_time() - cpu_started
         if best is not None and rank == 0:
             best.consider(engine.module, record, progress.records)
         progress.epoch, progress.records = round_index + 1, progress.records + [record]

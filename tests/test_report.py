@@ -15,8 +15,9 @@ from sat_ehft.stats import bootstrap_interval
 
 
 def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy", train_accuracy=0.9, last=None,
-                 also=None):
-    """A finished run's result.json; `also`: the best epoch's other metrics ({name: score x 100})."""
+                 also=None, costs=({}, {})):
+    """A finished run's result.json; `also`: the best epoch's other metrics ({name: score x 100}); `costs`: each
+    stage's done.json cost."""
     folder = out / task / label.replace(" ", "__") / f"seed{seed}"
     folder.mkdir(parents=True)
     last = best if last is None else last
@@ -24,9 +25,10 @@ def write_result(out, task, label, seed, best, collapsed=False, metric="accuracy
                    **{name: value / 100 for name, value in (also or {}).items()}}
     result = {"task": task, "method": label.split(" ")[0], "seed": seed, "metric": metric, "best": best / 100,
               "best_epoch": 1, "last": last / 100, "max_over_all_stages": best / 100, "collapsed": collapsed,
-              "stages": {"stage1": {"seconds": 5.0, "best": {"epoch": 1, metric: 0.5}, "last": {"train_accuracy": 0.5}},
+              "stages": {"stage1": {"seconds": 5.0, "best": {"epoch": 1, metric: 0.5}, "last": {"train_accuracy": 0.5},
+                                    "cost": costs[0]},
                          "stage2": {"seconds": 10.0, "best": best_record, "last": {} if train_accuracy is None else
-                                    {"train_accuracy": train_accuracy}}}}
+                                    {"train_accuracy": train_accuracy}, "cost": costs[1]}}}
     (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -129,6 +131,32 @@ def test_train_accuracy_is_the_final_stages_last_epoch_mean_over_seeds(tmp_path)
     report = (out / "report.md").read_text()
     assert "| rte | ft | accuracy | 2 | 0 | 85.00 | 61.00 ± 1.41 |" in report
     assert "| sts-b | ft | pearson | 1 | 0 |  | 80.00 ± 0.00 |" in report
+
+
+def test_cpu_share_is_cpu_time_over_threads_times_wall_time_over_both_stages_lowest_to_highest(tmp_path):
+    out = tmp_path / "grid"
+
+    def cost(threads, train, evaluation, cpu):
+        return {"cpu_threads": threads, "train_seconds": train, "eval_seconds": evaluation, "cpu_seconds": cpu,
+                "checkpoint_seconds": 50.0, "setup_seconds": 30.0}  # neither is in the share
+
+    alone = cost(2, 90.0, 10.0, 196.0), cost(2, 900.0, 100.0, 1960.0)  # 2156 of 2 x 1100 core-seconds
+    crowded = cost(1, 90.0, 10.0, 60.0), cost(1, 900.0, 100.0, 600.0)  # 660 of 1 x 1100
+    write_result(out, "rte", "ft", 1, 60.0, costs=alone)
+    write_result(out, "rte", "ft", 2, 62.0, costs=crowded)
+    write_result(out, "rte", "ehft-bitfit", 1, 60.0, costs=alone)
+    write_result(out, "rte", "ehft-bitfit", 2, 60.0, costs=(alone[0], {}))  # a GPU run's final stage: no share
+    write_result(out, "rte", "lp-ft", 1, 60.0)  # runs older than the record
+    rows = {r["method"]: r for r in write_report(out)}
+    assert (rows["ft"]["cpu_share_min"], rows["ft"]["cpu_share_max"]) == (0.6, 0.98)
+    assert (rows["ehft-bitfit"]["cpu_share_min"], rows["ehft-bitfit"]["cpu_share_max"]) == (0.98, 0.98)
+    assert rows["lp-ft"]["cpu_share_min"] is None
+    table = (out / "report.md").read_text()
+    assert "| 15 | 1.00 | 0.60-0.98 |" in table and "| 15 | 1.00 | 0.98 |" in table and "| 15 | 1.00 |  |" in table
+    assert "cpu_share_min" in (out / "report.csv").read_text().splitlines()[0]
+    runs = csv.DictReader(io.StringIO((out / "runs.csv").read_text()))
+    per_run = {(r["label"], r["seed"]): r["cpu_share"] for r in runs}
+    assert float(per_run["ft", "2"]) == pytest.approx(0.6) and per_run["lp-ft", "1"] == ""
 
 
 @pytest.mark.parametrize("metric, other", [("accuracy", "f1"), ("f1", "accuracy")])

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 
 import pytest
 import torch
@@ -181,6 +182,32 @@ def test_interrupted_stage_resumes_and_ends_as_an_uninterrupted_run(tmp_path, rt
     steps = [json.loads(line) for line in (tmp_path / "cut" / "train_loss.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 10))
     assert [p.name for p in (tmp_path / "cut" / "checkpoint").iterdir() if p.is_dir()] == ["epoch3"]
+
+
+def test_a_cpu_stage_records_the_cpu_time_its_process_used_not_its_wall_time(tmp_path, rte_features,
+                                                                             minilm_tokenizer):
+    """Asleep for 0.25 s after each of its 3 steps, the stage uses no CPU: its cpu_seconds leave that out (what
+    tells a run slowed by other work on its cores from one that had them). A stage begun before the record
+    existed does not start one halfway."""
+    task, train, dev = rte_features
+    model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
+    older = StageFiles(tmp_path / "older")
+    older.folder.mkdir()
+    older.cost.write_text(json.dumps({"train_seconds": 5.0, "eval_seconds": 1.0, "checkpoint_seconds": 0.0,
+                                      "checkpoint_bytes": 0, "checkpoints": 0}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        costs = [train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=1), seed=1,
+                             pad_id=minilm_tokenizer.pad_token_id, files=files,
+                             step_callbacks=[lambda model, step: time.sleep(0.25)])[1]
+                 for files in (StageFiles(tmp_path / "new"), older)]
+    finally:
+        torch.set_num_threads(threads)
+    new, resumed = costs
+    assert new["cpu_threads"] == 1
+    assert 0 < new["cpu_seconds"] < new["train_seconds"] + new["eval_seconds"] - 3 * 0.25 * 0.9
+    assert "cpu_seconds" not in resumed and resumed["train_seconds"] > 5.0
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_tokenizer):
