@@ -17,7 +17,8 @@ with the best reported mean per task, and names it.
 How sure a number is (sat_ehft.stats): each run's best and last dev scores get a 95% bootstrap interval over
 the dev examples ("dev ±" is its mean half-width per cell), and with a baseline method every other method of
 a task gets its difference from the baseline over seeds, with a 95% interval and a permutation p-value
-(paired by seed when both have the same seeds), for best and for last.
+(paired by seed when both have the same seeds), for best and for last, and for Figure 1's feature distance
+where `sat-ehft analyze 1` measured it.
 """
 
 import csv
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sat_ehft.analyze.figures import kept_feature_change
 from sat_ehft.atomic import read_json, write_text
 from sat_ehft.metrics import METRICS
 from sat_ehft.paper_numbers import INCONSISTENCIES, SEARCHED, TABLES, TASK_COLUMNS, metric_note
@@ -36,6 +38,7 @@ from sat_ehft.sweep import is_finished, read_grid
 
 SCORES = ("best", "last", "max_over_all_stages")
 COMPARED = ("best", "last")  # the scores compared with a baseline: chosen on dev, and not
+DISTANCE = "feature_distance"  # Figure 1's pretrained-to-final feature distance, where `analyze 1` measured it
 
 
 def collect(out, unreadable):
@@ -58,6 +61,7 @@ def collect(out, unreadable):
                      "cpu_share": cpu_share(result),
                      "collapsed": bool(result.get("collapsed")),
                      "train_accuracy": final_train_accuracy(result),
+                     DISTANCE: (kept_feature_change(path.parent) or {}).get("distance"),
                      **{score: 100 * result[score] for score in SCORES}, **intervals})
     return rows
 
@@ -135,6 +139,10 @@ def aggregate(rows):
                          if all(name in m["also"] for m in members)}
         entry["collapsed"] = sum(m["collapsed"] for m in members)
         entry["by_seed"] = {score: {m["seed"]: m[score] for m in members} for score in COMPARED}
+        # compared only where every seed of the cell was measured: a difference over a subset would mislead
+        measured = all(m[DISTANCE] is not None for m in members)
+        entry["by_seed"][DISTANCE] = {m["seed"]: m[DISTANCE] for m in members} if measured else None
+        entry[DISTANCE] = mean_std([m[DISTANCE] for m in members]) if measured else None
         widths = [(m["best_interval"][1] - m["best_interval"][0]) / 2 for m in members if m["best_interval"]]
         entry["dev_halfwidth"] = float(np.mean(widths)) if widths else None
         accuracies = [m["train_accuracy"] for m in members if m["train_accuracy"] is not None]
@@ -190,24 +198,28 @@ def report_rows(summary, table, baseline=None):
                      **{f"cpu_share_{end}": None if entry["cpu_share"] is None else round(entry["cpu_share"][i], 2)
                         for i, end in enumerate(("min", "max"))},
                      "dev_halfwidth": None if entry["dev_halfwidth"] is None else round(entry["dev_halfwidth"], 2),
+                     **{f"{DISTANCE}_{name}": None if entry[DISTANCE] is None else round(entry[DISTANCE][i], 2)
+                        for i, name in enumerate(("mean", "std"))},
                      **against})
     return rows
 
 
 def against_baseline(summary, task, label, baseline):
-    """The columns of `label` against `baseline` on `task`: for best and last, the difference over seeds, its
-    95% interval and p-value (None for the baseline itself, or where the task has no baseline runs)."""
+    """The columns of `label` against `baseline` on `task`: for best, last and the feature distance, the
+    difference over seeds, its 95% interval and p-value (None for the baseline itself, where the task has no
+    baseline runs, or, for the distance, where a seed of either side was not measured)."""
     base = summary.get((task, baseline))
-    columns = {}
-    for score in COMPARED:
-        result = None if base is None or label == baseline else difference(summary[task, label]["by_seed"][score],
-                                                                           base["by_seed"][score])
+    columns, test = {}, None
+    for score in (*COMPARED, DISTANCE):
+        ours, theirs = summary[task, label]["by_seed"][score], base and base["by_seed"][score]
+        result = None if not (ours and theirs) or label == baseline else difference(ours, theirs)
         for name in ("mean", "low", "high", "p"):
             value = None if result is None else getattr(result, name)
             columns[f"{score}_diff" if name == "mean" else f"{score}_diff_{name}"] = \
                 None if value is None or np.isnan(value) else round(value, 4 if name == "p" else 2)
-        columns["diff_test"] = None if result is None else result.test
-    return columns
+        if result is not None:
+            test = result.test
+    return {**columns, "diff_test": test}
 
 
 def to_csv(rows):
@@ -221,8 +233,9 @@ def to_csv(rows):
 def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
     paper = f"paper (Table {table})" if table else "paper"
     lines = ["| task | method | metric | seeds | collapsed | train acc | best (mean ± std) | last (mean ± std) | "
-             f"max all stages | reported | {paper} | reported − paper | seconds | time / ft | cpu share | dev ± | also at best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"max all stages | reported | {paper} | reported − paper | seconds | time / ft | cpu share | dev ± | "
+             "feature distance | also at best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         diff = "" if row["reported_minus_paper"] is None else f"{row['reported_minus_paper']:+.2f}"
         reported = "max all stages" if row["reported"] == "max_over_all_stages" else row["reported"]
@@ -235,7 +248,8 @@ def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
                      f"{row['last_mean']:.2f} ± {row['last_std']:.2f} | "
                      f"{row['max_over_all_stages_mean']:.2f} | {reported} | {'' if row['paper'] is None else row['paper']} | "
                      f"{diff} | "
-                     f"{row['seconds']:.0f} | {versus_ft} | {share_range(row)} | {halfwidth} | {row['also']} |")
+                     f"{row['seconds']:.0f} | {versus_ft} | {share_range(row)} | {halfwidth} | "
+                     f"{mean_and_std(row, DISTANCE)} | {row['also']} |")
     lines += ["", "best: the final stage's best epoch by the run's selection metric (config best_metric, by default the "
               "task's first); last: its last epoch; "
               "max all stages: the running maximum over every evaluation, Stage 1 included (what the original "
@@ -250,7 +264,10 @@ def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
               "mean over seeds. A searched method's paper score stands beside its best setting "
               "only. dev ±: half the width of a run's 95% bootstrap interval of its best score over the dev "
               "examples, mean over seeds (the noise of the dev set alone; runs listed under Runs). also at best: the "
-              "task's other metrics at the same best epochs, mean ± std (MRPC's accuracy beside its F1). [mask not applied, "
+              "task's other metrics at the same best epochs, mean ± std (MRPC's accuracy beside its F1). feature "
+              "distance: Figure 1's, the L2 distance between the pretrained and the final backbone's head-input "
+              "features on the training set, mean over examples, then mean ± std over seeds (cells whose every "
+              "run `sat-ehft analyze 1` measured). [mask not applied, "
               "as the original ran]: Child-Tuning_D run with child_tuning_mask false, i.e. plain finetuning with its "
               "Fisher measured (the published row, see README: Recipes); [masked]: the method as its paper defines "
               "it.", "",
@@ -261,6 +278,11 @@ def to_markdown(rows, summary, missing, table, baseline, runs, unreadable=()):
     lines += [f"- {run.task} {run.label} seed {run.seed}" for run in missing] or ["none"]
     lines += ["", "## Unreadable runs", "", *[f"- {problem}" for problem in unreadable]] if unreadable else []
     return "\n".join(lines + ["", *run_lines(runs)]) + "\n"
+
+
+def mean_and_std(row, name):
+    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+    return "" if mean is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def share_range(row):
@@ -278,16 +300,20 @@ def interval(low, high):
 
 def against_lines(rows, baseline):
     """The table of every method against `baseline`, task by task."""
+    compared = (*COMPARED, DISTANCE) if any(row[f"{DISTANCE}_diff"] is not None for row in rows) else COMPARED
+    names = {"best": "Δ best", "last": "Δ last", DISTANCE: "Δ feature distance"}
     lines = [f"## Against {baseline}", "",
-             "| task | method | test | Δ best | 95% interval | p | Δ last | 95% interval | p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| task | method | test | " + " | ".join(f"{names[s]} | 95% interval | p" for s in compared) + " |",
+             "|---|---|---|" + "---|---|---|" * len(compared)]
     for row in rows:
         if row["diff_test"] is None:
             continue
-        cells = [f"{signed(row[f'{s}_diff'])} | {interval(row[f'{s}_diff_low'], row[f'{s}_diff_high'])} | "
-                 f"{row[f'{s}_diff_p']:.3f}" for s in COMPARED]
+        cells = [" |  | " if row[f"{s}_diff"] is None else
+                 f"{signed(row[f'{s}_diff'])} | {interval(row[f'{s}_diff_low'], row[f'{s}_diff_high'])} | "
+                 f"{row[f'{s}_diff_p']:.3f}" for s in compared]
         lines.append(f"| {row['task']} | {row['method']} | {row['diff_test']} | {' | '.join(cells)} |")
-    return lines + ["", f"Δ: the method's score minus {baseline}'s, x 100, mean over seeds; best: the final stage's "
+    return lines + ["", f"Δ: the method's score minus {baseline}'s, x 100, mean over seeds (Δ feature distance: "
+                    "of the feature distance, not scaled); best: the final stage's "
                     "best epoch (chosen on dev, as the paper did), last: its last epoch (not chosen on dev). "
                     "paired: the same seeds on both sides, a t-interval of the per-seed differences and an exact "
                     "sign-flip permutation test (all 2^n sign patterns); unpaired (the seeds differ): Welch's "

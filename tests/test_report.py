@@ -2,6 +2,7 @@
 differences from a baseline (against scipy) and each run's bootstrap interval."""
 
 import csv
+import hashlib
 import io
 import json
 
@@ -231,6 +232,47 @@ def test_against_a_baseline_each_method_gets_scipys_paired_interval_and_exact_p_
             f"{row['best_diff_high']:+.2f}] | {row['best_diff_p']:.3f} |") in report.split("## Against ft")[1]
     view = report.split("## The paper's view")[1]
     assert f"| ehft-bitfit − ft | {row['best_diff']:+.2f} (p {row['best_diff_p']:.3f}) |" in view
+
+
+def write_feature_change(out, task, label, seed, distance, stale=False):
+    """RUN/feature_change.json as `sat-ehft analyze 1` keeps it: tied to the digest of the run's result.json."""
+    run = out / task / label.replace(" ", "__") / f"seed{seed}"
+    digest = hashlib.sha256((run / "result.json").read_bytes()).hexdigest()
+    (run / "feature_change.json").write_text(json.dumps({"distance": distance, "method": label, "task": task,
+                                                         "result_sha256": "0" * 64 if stale else digest}))
+
+
+def test_the_feature_distance_of_each_cell_and_its_difference_from_the_baseline_against_scipy(tmp_path):
+    out, rng = tmp_path / "grid", np.random.default_rng(2)
+    distances = {("ft", seed): 13.5 + rng.normal(0, 0.2) for seed in range(1, 6)}
+    distances.update({("ehft-bitfit", seed): 11.0 + rng.normal(0, 0.4) for seed in range(1, 6)})
+    for (label, seed), distance in distances.items():
+        write_result(out, "cb", label, seed, 70.0 + seed)
+        write_feature_change(out, "cb", label, seed, distance)
+    for seed in range(1, 6):  # one seed's numbers were measured on an earlier result.json: the cell has none
+        write_result(out, "cb", "lp-ft", seed, 70.0)
+        write_feature_change(out, "cb", "lp-ft", seed, 9.0, stale=seed == 3)
+    rows = {r["method"]: r for r in write_report(out, table="1", baseline="ft")}
+    ours = np.array([distances["ehft-bitfit", s] for s in range(1, 6)])
+    base = np.array([distances["ft", s] for s in range(1, 6)])
+    ci = scipy_stats.ttest_rel(ours, base).confidence_interval()
+    p = scipy_stats.permutation_test((ours, base), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                     permutation_type="samples", vectorized=True, n_resamples=np.inf).pvalue
+    row = rows["ehft-bitfit"]
+    assert (row["feature_distance_mean"], row["feature_distance_std"]) == (round(ours.mean(), 2),
+                                                                           round(ours.std(ddof=1), 2))
+    assert row["feature_distance_diff"] == round(float(np.mean(ours - base)), 2)
+    assert (row["feature_distance_diff_low"], row["feature_distance_diff_high"]) == (round(ci.low, 2),
+                                                                                     round(ci.high, 2))
+    assert row["feature_distance_diff_p"] == round(p, 4)
+    assert rows["lp-ft"]["feature_distance_mean"] is None and rows["lp-ft"]["feature_distance_diff"] is None
+    report = (out / "report.md").read_text()
+    assert f"| {base.mean():.2f} ± {base.std(ddof=1):.2f} |" in report.split("## Against")[0]
+    against = report.split("## Against ft")[1].split("## The paper's view")[0]
+    assert "| Δ feature distance | 95% interval | p |" in against
+    assert (f"| {row['feature_distance_diff']:+.2f} | [{row['feature_distance_diff_low']:+.2f}, "
+            f"{row['feature_distance_diff_high']:+.2f}] | {row['feature_distance_diff_p']:.3f} |") in against
+    assert [line for line in against.splitlines() if "| lp-ft |" in line][0].endswith("|  |  |  |")
 
 
 def test_each_run_gets_a_bootstrap_interval_of_its_best_and_last_epochs_own_predictions(tmp_path):

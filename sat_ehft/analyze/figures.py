@@ -80,15 +80,13 @@ def feature_change(runs, out, stage=None):
     keep no weights) needs none."""
     per_run = {}
     for run in runs:
-        saved, result = Path(run) / FEATURE_CHANGE, Path(run) / "result.json"
-        finished = hashlib.sha256(result.read_bytes()).hexdigest() if stage is None and result.is_file() else None
-        kept = json.loads(saved.read_text(encoding="utf-8")) if finished and saved.is_file() else {}
-        if finished and kept.get("result_sha256") == finished:
-            per_run[str(run)] = {k: v for k, v in kept.items() if k != "result_sha256"}
+        kept = kept_feature_change(run) if stage is None else None
+        if kept is not None:
+            per_run[str(run)] = kept
             continue
         per_run[str(run)] = _run_feature_change(run, stage)
-        if finished:
-            write_json(saved, {**per_run[str(run)], "result_sha256": finished})
+        if stage is None and (Path(run) / "result.json").is_file():
+            write_json(Path(run) / FEATURE_CHANGE, {**per_run[str(run)], "result_sha256": _result_digest(run)})
     data = {"runs": per_run, "by_task": _spread_by_task_and_method(per_run, ("distance", "stage1_distance"))}
 
     def draw(plt):
@@ -107,6 +105,22 @@ def feature_change(runs, out, stage=None):
         return figure
 
     return _save(out, "figure1_feature_change", data, draw)
+
+
+def kept_feature_change(run):
+    """A finished run's own Figure 1 numbers from RUN/feature_change.json, or None where there are none or
+    they were measured on another result.json (the run was trained again since)."""
+    saved = Path(run) / FEATURE_CHANGE
+    if not saved.is_file() or not (Path(run) / "result.json").is_file():
+        return None
+    kept = json.loads(saved.read_text(encoding="utf-8"))
+    if kept.get("result_sha256") != _result_digest(run):
+        return None
+    return {k: v for k, v in kept.items() if k != "result_sha256"}
+
+
+def _result_digest(run):
+    return hashlib.sha256((Path(run) / "result.json").read_bytes()).hexdigest()
 
 
 def _run_feature_change(run, stage):
