@@ -58,7 +58,8 @@ from sat_ehft.ranks import barrier, is_main, layout
 from sat_ehft.runspec import RunSpec, described, differing_keys
 from sat_ehft.tasks import Encoding, get_task, selection_metric
 from sat_ehft.precision import resolve_precision, skipped_steps
-from sat_ehft.trainer import BestKeeper, StageBudget, StageFiles, ensure_distributed, train_stage
+from sat_ehft.trainer import (BestKeeper, StageBudget, StageFiles, earlier_starts_seconds, ensure_distributed,
+                              train_stage)
 from sat_ehft.weight_distance import WeightDistanceLog
 
 
@@ -369,6 +370,7 @@ def run_stage(spec, out, index):
     setup_seconds = time.perf_counter() - started
     budget = StageBudget(lr=stage.peak_lr(spec.config), epochs=epochs)
     files = StageFiles(folder)
+    earlier = earlier_starts_seconds(files)
     distance = [WeightDistanceLog(ready.model, folder, spec.config.weight_distance_every)] \
         if spec.config.track_weight_distance and is_main() else []
     final = index == len(method.stages) - 1
@@ -378,11 +380,12 @@ def run_stage(spec, out, index):
                                 pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=distance,
                                 step_callbacks=[log.on_step for log in distance], best=keeper)
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
-    # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage
+    # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage;
+    # seconds: this start's wall time and what the earlier ones recorded
     done = {"stage": stage.name, "epochs": epochs, "lr": budget.lr, "trainable_parameters": trainable_count,
             "precision": resolve_precision(spec.config.precision), "skipped_steps": skipped_steps(records),
             "ranks": layout(), "origin": stage_origin(spec, stage),
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": round(time.perf_counter() - started + earlier, 2),
             "cost": {"setup_seconds": round(setup_seconds, 2), **{k: round(v, 2) for k, v in cost.items()}},
             **ready.reported, **summarize(task, records, spec.config)}
     if is_main():

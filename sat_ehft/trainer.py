@@ -298,6 +298,16 @@ def _read_cost(files, on_cpu):
             "checkpoints": 0, **({"cpu_seconds": 0.0} if on_cpu else {})}
 
 
+def recorded_seconds(cost):
+    """The seconds a stage's cost record holds: training, evaluation and checkpoints over its starts."""
+    return sum(cost[key] for key in ("train_seconds", "eval_seconds", "checkpoint_seconds"))
+
+
+def earlier_starts_seconds(files):
+    """What the stage's earlier starts recorded (0 for a first start): a resumed stage's wall time includes it."""
+    return recorded_seconds(_read_cost(files, on_cpu=False)) if files.cost.is_file() else 0.0
+
+
 def _save(engine, files, progress, cost, best):
     started = time.perf_counter()
     if best is not None:
@@ -474,9 +484,8 @@ def progress_line(stage, record, epochs, task, cost):
     train = f"train loss {record['train_loss']:.4f}" + (
         f", accuracy {record['train_accuracy']:.4f}" if "train_accuracy" in record else "")
     dev = ", ".join(f"{name} {record[name]:.4f}" for name in task.metrics if name in record)
-    spent = sum(cost[key] for key in ("train_seconds", "eval_seconds", "checkpoint_seconds"))
     return (f"{stage} epoch {record['epoch']:g}/{epochs} step {record['step']}: {train}"
-            f"{'; dev ' + dev if dev else ''} ({spent:.0f} s)")
+            f"{'; dev ' + dev if dev else ''} ({recorded_seconds(cost):.0f} s)")
 
 
 def note_progress(files, line):

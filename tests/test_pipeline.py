@@ -1,6 +1,7 @@
 """Whole runs on CPU through deepspeed.initialize: a tiny BERT backbone, real RTE rows."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -47,6 +48,23 @@ def test_methods_run_end_to_end(tmp_path, tiny_bert, rte_dir, method):
                                                                   "kept_by_original_rule"}
     for stage in stages:
         assert not (tmp_path / "run" / stage / "checkpoint").exists()  # removed once the stage is done
+
+
+def test_a_resumed_stages_seconds_include_what_its_earlier_starts_recorded(tmp_path, tiny_bert, rte_dir):
+    """A stage killed after 1,000 recorded seconds (here: its done.json taken away, its cost.json set so) and
+    started again reports its wall time over both starts, not the second start's alone."""
+    spec, folder = spec_for("ft", tiny_bert, rte_dir), tmp_path / "run"
+    run(spec, folder, log=lambda line: None)
+    for finished in (folder / "result.json", folder / "train" / "done.json"):
+        finished.unlink()
+    cost = json.loads((folder / "train" / "cost.json").read_text())
+    (folder / "train" / "cost.json").write_text(json.dumps({**cost, "train_seconds": 1000.0, "eval_seconds": 20.0,
+                                                            "checkpoint_seconds": 5.0}))
+    started = time.perf_counter()
+    stage = run(spec, folder, log=lambda line: None)["stages"]["train"]
+    took = time.perf_counter() - started
+    assert 1025.0 < stage["seconds"] < 1025.0 + took
+    assert stage["cost"]["train_seconds"] > 1000.0  # the cost record goes on from the earlier start's too
 
 
 def test_stage2_starts_from_the_pretrained_backbone_and_the_stage1_head(tmp_path, tiny_bert, rte_dir):
