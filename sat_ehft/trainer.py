@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sat_ehft import checkpoints, metrics, objective
+from sat_ehft import checkpoints, host_memory, metrics, objective
 from sat_ehft.atomic import write_json, write_text
 from sat_ehft.batching import collate, model_inputs
 from sat_ehft.data_order import accumulation_steps, stage_plan
@@ -448,6 +448,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                                            engine.device)
             dev = score(task, predictions, dev_features)
             progress.predictions = {**progress.predictions, str(epoch): predictions.tolist()}
+            host_memory.release_freed()  # evaluation's batches vary in length too
         record = {"epoch": epoch, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
                   **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
@@ -534,6 +535,8 @@ def _train_epoch(engine, loader, task, step_losses, description, rank, backbone,
             micro_losses = []
             for callback in step_callbacks:
                 callback(engine.module, engine.global_steps)
+            if engine.global_steps % host_memory.RELEASE_EVERY_STEPS == 0:
+                host_memory.release_freed()
     step_losses.read()
     seen = torch.tensor(float(seen), device=engine.device)
     loss, correct, seen, norm = _mean_over_ranks(torch.stack([epoch_loss / micro_batches, correct, seen,

@@ -210,6 +210,20 @@ def test_a_cpu_stage_records_the_cpu_time_its_process_used_not_its_wall_time(tmp
     assert "cpu_seconds" not in resumed and resumed["train_seconds"] > 5.0
 
 
+def test_freed_host_memory_is_released_at_its_step_cadence_and_after_each_evaluation(tmp_path, rte_features,
+                                                                                   minilm_tokenizer, monkeypatch):
+    from sat_ehft import host_memory
+
+    released = []
+    monkeypatch.setattr(host_memory, "RELEASE_EVERY_STEPS", 2)
+    monkeypatch.setattr(host_memory, "MALLOC_TRIM", lambda pad: released.append(pad))
+    task, train, dev = rte_features
+    model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
+    train_stage(model, trainable, task, train, dev, CONFIG, StageBudget(lr=1e-3, epochs=2), seed=1,
+                pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / "stage"))
+    assert len(released) == 3 + 2  # steps 2, 4 and 6 (3 an epoch), and the two evaluations
+
+
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, rte_features, minilm_tokenizer):
     def poison(model, record):
         with torch.no_grad():
