@@ -305,7 +305,7 @@ def recorded_seconds(cost):
 
 def earlier_starts_seconds(files):
     """What the stage's earlier starts recorded (0 for a first start): a resumed stage's wall time includes it."""
-    return recorded_seconds(_read_cost(files, on_cpu=False)) if files.cost.is_file() else 0.0
+    return recorded_seconds(_read_cost(files, on_cpu=False))
 
 
 def _save(engine, files, progress, cost, best):
