@@ -149,6 +149,7 @@ def head_scores(model, features, batch_size, pad_id, device):
         scores[start] = model.encode(**model_inputs(batch)).cpu()
     scores = {start: score for share in gathered(scores) for start, score in share.items()}
     model.train(was_training)
+    host_memory.release_freed()  # its batches vary in length too (training's evaluations and sat-ehft predict)
     return torch.cat([scores[start] for start in starts])
 
 
@@ -448,7 +449,6 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                                            engine.device)
             dev = score(task, predictions, dev_features)
             progress.predictions = {**progress.predictions, str(epoch): predictions.tolist()}
-            host_memory.release_freed()  # evaluation's batches vary in length too
         record = {"epoch": epoch, "step": engine.global_steps, "lr": scheduler.get_last_lr()[0], **training,
                   **_skipped(engine, skipped, precision), **dev}
         cost["train_seconds"] += evaluated - started
