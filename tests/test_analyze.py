@@ -79,6 +79,57 @@ def test_figure1_stage1_to_final_distance_matches_hugging_face(tmp_path, runs, t
     assert {m for m, keys in data["by_task"]["rte"].items() if "stage1_distance" in keys} == {"ehft-bitfit"}
 
 
+def fresh_copies(runs, names, folder):
+    """Copies of finished runs without their kept Figure 1 numbers, so that Figure 1 computes them."""
+    import shutil
+
+    copies = {}
+    for name in names:
+        copies[name] = shutil.copytree(runs[name], folder / name)
+        (copies[name] / "feature_change.json").unlink(missing_ok=True)
+    return copies
+
+
+def test_figure1_passes_the_pretrained_backbone_once_per_training_set(tmp_path, runs, monkeypatch):
+    """Every run of one task and backbone has the same pretrained features: Figure 1 over four runs of three
+    methods computes them once, and gives each run the distances it gets alone."""
+    from sat_ehft.analyze import figures
+
+    names = list(runs)
+    alone = {}
+    for name, copy in fresh_copies(runs, names, tmp_path / "alone").items():
+        alone[name] = FIGURES["1"]([copy], tmp_path / "alone-figure" / name)["runs"][str(copy)]
+    strips = []
+    strip = figures._strip_to_pretrained
+    monkeypatch.setattr(figures, "_strip_to_pretrained", lambda *args: strips.append(args) or strip(*args))
+    copies = fresh_copies(runs, names, tmp_path / "together")
+    together = FIGURES["1"](list(copies.values()), tmp_path / "together-figure")["runs"]
+    assert len(strips) == 1
+    for name, copy in copies.items():
+        entry, own = together[str(copy)], alone[name]
+        assert entry.keys() == own.keys() and entry["method"] == own["method"]
+        assert {k: entry[k] for k in own if k.endswith("distance")} == pytest.approx(
+            {k: own[k] for k in own if k.endswith("distance")}, rel=1e-6)
+    assert alone["ft-0.1"]["distance"] > 0.01 and alone["lp-0.1"]["distance"] == 0.0
+
+
+def test_runs_of_another_training_set_or_backbone_get_their_own_pretrained_features(runs):
+    import dataclasses
+
+    from sat_ehft.analyze.figures import pretrained_features_key
+    from sat_ehft.pipeline import rebuild_stage_model
+
+    backbone, model, spec = rebuild_stage_model(runs["ft-0.1"], "train")
+    key = pretrained_features_key(backbone, model, spec)
+    shorter = dataclasses.replace(spec, config=dataclasses.replace(spec.config, max_length=32))
+    other_data = dataclasses.replace(spec, data_dir=str(runs["ft-0.1"]))
+    other_backbone = dataclasses.replace(backbone, folder=runs["ft-0.1"])
+    assert len({key, pretrained_features_key(backbone, model, shorter), pretrained_features_key(backbone, model, other_data),
+                pretrained_features_key(other_backbone, model, spec),
+                pretrained_features_key(backbone, model, dataclasses.replace(spec, task="cb"))}) == 5
+    assert pretrained_features_key(*rebuild_stage_model(runs["ehft-bitfit-0.5"], "stage2")) == key
+
+
 def test_figure4_tsne_has_a_point_per_example(tmp_path, runs):
     FIGURES["4"]([runs["ehft-bitfit-0.1"], runs["ft-0.1"]], tmp_path)
     data = written(tmp_path, "figure4_tsne")

@@ -79,12 +79,13 @@ def feature_change(runs, out, stage=None):
     of its result.json, and read from there while that hash holds, so a figure over committed results (which
     keep no weights) needs none."""
     per_run = {}
+    pretrained_features = {}  # one pass of the pretrained backbone per training set, whatever the runs on it
     for run in runs:
         kept = kept_feature_change(run) if stage is None else None
         if kept is not None:
             per_run[str(run)] = kept
             continue
-        per_run[str(run)] = _run_feature_change(run, stage)
+        per_run[str(run)] = _run_feature_change(run, stage, pretrained_features)
         if stage is None and (Path(run) / "result.json").is_file():
             write_json(Path(run) / FEATURE_CHANGE, {**per_run[str(run)], "result_sha256": _result_digest(run)})
     data = {"runs": per_run, "by_task": _spread_by_task_and_method(per_run, ("distance", "stage1_distance"))}
@@ -123,8 +124,10 @@ def _result_digest(run):
     return hashlib.sha256((Path(run) / "result.json").read_bytes()).hexdigest()
 
 
-def _run_feature_change(run, stage):
-    """{'method', 'task', 'distance'[, 'stage1_distance']} of one run (see feature_change)."""
+def _run_feature_change(run, stage, pretrained_features):
+    """{'method', 'task', 'distance'[, 'stage1_distance']} of one run (see feature_change). The pretrained
+    backbone's features come from `pretrained_features` where a run before it had the same ones (its
+    pretrained_features_key), else are computed and put there."""
     from sat_ehft.analyze.features import encoded, head_inputs_and_hidden
     from sat_ehft.analyze.features import feature_change as distance
     from sat_ehft.pipeline import rebuild_stage_model
@@ -139,10 +142,26 @@ def _run_feature_change(run, stage):
     if first != final:
         stage1 = head_inputs_and_hidden(rebuild_stage_model(run, first)[1], train, tokenizer.pad_token_id)[0]
         entry["stage1_distance"] = distance(stage1, after)
-    _strip_to_pretrained(model, backbone)
-    before = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
-    entry["distance"] = distance(before, after)
+    key = pretrained_features_key(backbone, model, spec)
+    if key not in pretrained_features:
+        _strip_to_pretrained(model, backbone)
+        pretrained_features[key] = head_inputs_and_hidden(model, train, tokenizer.pad_token_id)[0]
+    entry["distance"] = distance(pretrained_features[key], after)
     return entry
+
+
+def pretrained_features_key(backbone, model, spec):
+    """What the pretrained backbone's head-input features on a run's training set depend on: the pretrained
+    weights, the encoded training set, and the model's mixins once the PET ones are stripped (their classes:
+    the attention and the head's pooling). Runs of one task and backbone share it across methods and seeds."""
+    from sat_ehft.methods import PET_MIXINS
+    from sat_ehft.pipeline import run_encoding
+
+    kept_mixins = tuple(sorted((name, type(mixin).__qualname__) for name, mixin in model.mixins.items()
+                               if name not in PET_MIXINS))
+    dtype = next(model.parameters()).dtype
+    return (str(Path(backbone.folder).resolve()), spec.task, str(Path(spec.data_dir).resolve()), run_encoding(spec),
+            kept_mixins, str(dtype))
 
 
 def _spread_by_task_and_method(per_run, keys):
