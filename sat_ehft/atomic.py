@@ -18,6 +18,7 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would keep a shared cluster's collaborators out
     os.close(fd)
     try:
         yield Path(tmp)
@@ -28,6 +29,18 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def umask():
+    """The process's umask, as a file it creates gets, read without setting it where Linux tells it (os.umask
+    reads it only by changing it, which races other threads creating files)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="utf-8").splitlines()
+        return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
 def raise_if_disk_full(err, path, written):

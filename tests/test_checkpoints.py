@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 
 import pytest
 import torch
@@ -262,6 +263,21 @@ def test_a_full_disk_during_a_checkpoint_says_where_keeps_the_last_one_and_a_rer
     capsys.readouterr()
     _, records = run_ft(tmp_path, rte_features, pad, "cut")
     assert "cut: resumed after epoch 1" in capsys.readouterr().out and records == whole_records
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_an_atomic_write_gets_the_permissions_of_the_umask_as_a_plain_write_does(tmp_path, mask):
+    """A run's results on a shared file system stay readable by whom the user's umask lets read them."""
+    from sat_ehft.atomic import write_json
+
+    before = os.umask(mask)
+    try:
+        write_json(tmp_path / "result.json", {"best": 1.0})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode)
 
 
 def test_a_full_disk_during_an_atomic_write_names_the_file_keeps_the_old_one_and_frees_the_new_ones_space(tmp_path):
