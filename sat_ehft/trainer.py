@@ -45,14 +45,14 @@ def ensure_distributed():
     within it. Every collective waits at most sat_ehft.ranks.collective_timeout() for the other ranks."""
     for name, default in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(name, default)
+    # DeepSpeed builds its shared-memory op with g++ (about 45 s on a new machine, per environment) and loads it
+    # for every CPU process group, though only its inference all-reduce uses it, never training; a build killed
+    # midway leaves a lock that makes every later launch wait forever. So none is built, also where the caller
+    # made the process group (deepspeed.initialize then builds it). (The module by its name: deepspeed.comm's
+    # own `torch` attribute is torch itself.)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if not dist.is_initialized():
         import deepspeed
-
-        # DeepSpeed builds its shared-memory op with g++ (about 45 s on a new machine, per environment) and loads
-        # it for every CPU process group, though only its inference all-reduce uses it, never training; a build
-        # killed midway leaves a lock that makes every later launch wait forever. So none is built. (The module
-        # by its name: deepspeed.comm's own `torch` attribute is torch itself.)
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
         if "MASTER_PORT" not in os.environ:
             from sat.helpers import get_free_port

@@ -307,3 +307,27 @@ def test_the_collective_timeout_must_be_positive_seconds(monkeypatch):
         monkeypatch.setenv("SAT_EHFT_COLLECTIVE_TIMEOUT", bad)
         with pytest.raises(ValueError, match=f"SAT_EHFT_COLLECTIVE_TIMEOUT='{bad}': expected a number of seconds"):
             collective_timeout()
+
+
+GROUP_MADE_ELSEWHERE = """import sys, torch, torch.distributed as dist
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0, world_size=1)
+from sat_ehft.trainer import ensure_distributed
+import deepspeed
+import deepspeed.comm.comm
+ensure_distributed()
+model = torch.nn.Linear(2, 2)
+deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     config={"train_batch_size": 1})
+print("shm op:", deepspeed.comm.comm.cdb.shm_comm_op)
+"""
+
+
+def test_no_shared_memory_op_is_built_where_the_process_group_was_made_before(tmp_path):
+    """SAT's AutoModel.from_pretrained makes a process group of its own; DeepSpeed's engine then builds its
+    shared-memory op (45 s of g++, and a lock that a kill leaves behind) unless ensure_distributed stops it."""
+    extensions = tmp_path / "torch_extensions"
+    made = subprocess.run([sys.executable, "-c", GROUP_MADE_ELSEWHERE, str(free_port())], cwd=REPO, text=True,
+                          env=launch_env(TORCH_EXTENSIONS_DIR=str(extensions)), capture_output=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert made.stdout.strip().splitlines()[-1] == "shm op: None"
+    assert not (extensions / "deepspeed_shm_comm").exists()
