@@ -73,6 +73,15 @@ def deepspeed_config(config, world_size):
             **deepspeed_precision(config)}
 
 
+def skip_lone_all_reduce(engine, world_size, config):
+    """In a one-process world, stop DeepSpeed's gradient all-reduce after each backward: averaging over one rank
+    is the identity, yet it copies every gradient into a flat buffer, all-reduces it and copies it back (3-8% of
+    an all-MiniLM-L6-v2 step on 2 CPU cores). ZeRO's optimizers move gradients into their partitions in that
+    call, so they keep it."""
+    if world_size == 1 and config.zero_stage == 0:
+        engine.enable_backward_allreduce = False
+
+
 def linear_schedule(total_steps, warmup_share):
     """LR multiplier: linear warm-up over `warmup_share` of the steps, then linear decay to 0."""
     warmup = max(1, round(total_steps * warmup_share))
@@ -427,6 +436,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
                                                                                               config.warmup))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=deepspeed_config(config, world_size))
+    skip_lone_all_reduce(engine, world_size, config)
     gold = [f["label"] for f in dev_features]
     progress, cost = _restore(engine, files, trainable, rank, gold), _read_cost(files, engine.device.type == "cpu")
     policy = CheckpointPolicy(config.checkpoint_minutes, plan.rounds, clock)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_hf_model
 
-from sat_ehft import metrics
+from sat_ehft import metrics, trainer
 from sat_ehft.backbone import load_backbone
 from sat_ehft.classifier import build_classifier
 from sat_ehft.config import Config
@@ -309,6 +309,34 @@ def test_precisions_and_zero_stages_train(tmp_path, rte_features, minilm_tokeniz
     assert {p.dtype for p in params.values()} == {dtype}
     moved = {n for n in before if not torch.equal(before[n].to(dtype), params[n].detach())}  # frozen: only cast
     assert moved == trainable
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_one_process_stage_all_reduces_no_gradient_and_trains_as_with_deepspeeds_all_reduce(
+        tmp_path, rte_features, minilm_tokenizer, monkeypatch, precision):
+    task, train, dev = rte_features
+    config = Config(**{**CONFIG.__dict__, "precision": precision})
+    reduced, all_reduce = [], torch.distributed.all_reduce  # the element count of each all-reduced tensor
+    monkeypatch.setattr(torch.distributed, "all_reduce",
+                        lambda tensor, *args, **kwargs: reduced.append(tensor.numel()) or all_reduce(tensor, *args,
+                                                                                                    **kwargs))
+
+    def trained(name):
+        """The parameters after 2 epochs of FT, and how many elements were all-reduced on the way."""
+        model, trainable = classifier(tmp_path, task, get_method("ft").stages[0])
+        reduced.clear()
+        train_stage(model, trainable, task, train, dev, config, StageBudget(lr=1e-2, epochs=2), seed=1,
+                    pad_id=minilm_tokenizer.pad_token_id, files=StageFiles(tmp_path / name))
+        gradient_elements = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+        return {n: p.detach().clone() for n, p in model.named_parameters()}, sum(reduced), gradient_elements
+
+    skipped, skipped_elements, gradient_elements = trained("skipped")
+    monkeypatch.setattr(trainer, "skip_lone_all_reduce", lambda *args: None)
+    with_all_reduce, reduced_elements, _ = trained("with-all-reduce")
+    assert reduced_elements >= 6 * gradient_elements  # DeepSpeed's own: every gradient at each of the 6 steps
+    assert skipped_elements < 100  # a few scalars (the clipping norm) at most
+    assert skipped.keys() == with_all_reduce.keys()
+    assert all(torch.equal(skipped[n], with_all_reduce[n]) for n in skipped)  # bit for bit
 
 
 def test_optimizer_is_fused_adamw_without_decay_on_vectors_and_steps_like_plain_adamw():
