@@ -359,8 +359,8 @@ def training_config(config, stage):
     return config
 
 
-def run_stage(spec, out, index):
-    """Run stage `index` (0-based) of the method; return its done.json content."""
+def run_stage(spec, out, index, since=None):
+    """Run stage `index` (0-based) of the method; return its done.json content. `since`: see train_stage."""
     task, method = get_task(spec.task), get_method(spec.method)
     stage, epochs = method.stages[index], method.stage_epochs(spec.config)[index]
     folder = Path(out) / stage.name
@@ -378,7 +378,7 @@ def run_stage(spec, out, index):
     records, cost = train_stage(ready.model, ready.trainable, task, ready.train, ready.dev,
                                 training_config(spec.config, stage), budget, seed=spec.seed,
                                 pad_id=ready.tokenizer.pad_token_id, files=files, callbacks=distance,
-                                step_callbacks=[log.on_step for log in distance], best=keeper)
+                                step_callbacks=[log.on_step for log in distance], best=keeper, since=since)
     trainable_count = sum(p.numel() for n, p in ready.model.named_parameters() if n in ready.trainable)
     # cost: this start's set-up, and training, evaluation and checkpoints summed over every start of the stage;
     # seconds: this start's wall time and what the earlier ones recorded
@@ -455,6 +455,9 @@ def run(spec, out, stage_number=None, log=print):
     with run_folder_lock(out):
         refuse_links(out)
         check_run_folder(spec, out, log)
+        # The first stage trained in this process counts its start-up from the launch, a later one from the end
+        # of the stage before it (not across that stage's training)
+        since = None
         for number in numbers:
             stage = method.stages[number - 1]
             if stage_done(out, stage):
@@ -462,7 +465,8 @@ def run(spec, out, stage_number=None, log=print):
                 continue
             if number > 1 and not stage_done(out, method.stages[number - 2]):
                 raise ValueError(f"{out}: {method.stages[number - 2].name} has not finished; run it first")
-            done = run_stage(spec, out, number - 1)
+            done = run_stage(spec, out, number - 1, since)
+            since = time.time()
             log(f"{spec.method} {stage.name}: best {done['metric']} {done['best'][done['metric']]:.4f} "
                 f"(epoch {done['best']['epoch']}), last {done['last'][done['metric']]:.4f}")
         return write_result(spec, out, method)

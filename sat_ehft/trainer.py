@@ -409,7 +409,7 @@ class BestKeeper:
 
 
 def train_stage(model, trainable, task, train_features, dev_features, config, budget, *, seed, pad_id, files,
-                callbacks=(), step_callbacks=(), clock=time.monotonic, best=None):
+                callbacks=(), step_callbacks=(), clock=time.monotonic, best=None, since=None):
     """Train `model` for `budget`; return (per-epoch records, cost: seconds spent training, evaluating and
     checkpointing, checkpoint bytes written).
 
@@ -421,7 +421,8 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     as an uninterrupted run would. A NaN loss
     raises NonFiniteLoss when read (every `config.log_every` steps, see StepLosses) and leaves the last good
     checkpoint. Each of `step_callbacks` gets (model, step) after every optimizer step. `clock` (seconds)
-    drives the checkpoint policy.
+    drives the checkpoint policy. `since` (epoch seconds): where this start's start-up is counted from; by
+    default the launch (sat_ehft.ranks.launch_started).
     """
     import deepspeed
 
@@ -444,7 +445,7 @@ def train_stage(model, trainable, task, train_features, dev_features, config, bu
     step_losses = StepLosses(progress, trackers, files, config.log_every)
     precision = resolve_precision(config.precision)
     backbone = ({n for n in trainable if is_backbone_parameter(n)}, precision)
-    cost["startup_seconds"] = round(time.time() - launch_started(), 2)  # this start's, launch to first step
+    cost["startup_seconds"] = round(time.time() - (since or launch_started()), 2)  # this start's, to its first step
     cost["cpu_threads"] = torch.get_num_threads()  # this start's: its seconds depend on them
     for round_index in range(progress.epoch, plan.rounds):  # progress.epoch: rounds done (epochs under reshuffle)
         started, cpu_started = time.perf_counter(), time.process_time()

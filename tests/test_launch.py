@@ -216,6 +216,14 @@ def test_a_kill_mid_checkpoint_or_before_done_json_reruns_to_the_uninterrupted_r
     same_outcome(out, small_whole_run)
 
 
+def test_a_stage_trained_after_another_in_the_same_process_counts_its_start_up_from_that_ones_end(small_whole_run):
+    stage1, stage2 = (json.loads((small_whole_run / stage / "done.json").read_text())["cost"]
+                      for stage in ("stage1", "stage2"))
+    # Stage 1's start-up holds the imports and the process group; Stage 2's its own model, data and engine only,
+    # not Stage 1's training
+    assert 0 < stage2["setup_seconds"] <= stage2["startup_seconds"] < stage1["startup_seconds"]
+
+
 def test_quickstart_offline_without_data_says_how_to_get_it(tmp_path):
     env = launch_env(DATA_DIR=str(tmp_path / "no-data"), OUT=str(tmp_path / "runs"), HF_HUB_OFFLINE="1")
     run = subprocess.run(["bash", "finetune_scripts/quickstart.sh"], cwd=REPO, env=env, capture_output=True,

@@ -489,7 +489,7 @@ def test_the_run_folder_stays_locked_while_every_stage_trains(tmp_path, tiny_ber
 
     seen, real = [], pipeline.run_stage
 
-    def probing(spec, out, index):
+    def probing(spec, out, index, since):
         descriptor = os.open(tmp_path / "run" / ".lock", os.O_RDWR)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -498,7 +498,7 @@ def test_the_run_folder_stays_locked_while_every_stage_trains(tmp_path, tiny_ber
             seen.append("held")
         finally:
             os.close(descriptor)
-        return real(spec, out, index)
+        return real(spec, out, index, since)
 
     monkeypatch.setattr(pipeline, "run_stage", probing)
     run(spec_for("lp-ft", tiny_bert, rte_dir), tmp_path / "run", log=lambda line: None)
